@@ -1,0 +1,19 @@
+"""ann2snn: turn a pretrained PyTorch ReLU network into a spiking neural network without training."""
+
+from .api import calibrate, convert, prepare, to_snn
+from .config import ConversionConfig
+from .errors import (
+    CalibrationError,
+    ConfigError,
+    ConversionError,
+    SerializationError,
+    UnsupportedOperationError,
+)
+from .model import SpikingModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CalibrationError", "ConfigError", "ConversionConfig", "ConversionError", "SerializationError",
+    "SpikingModel", "UnsupportedOperationError", "calibrate", "convert", "prepare", "to_snn",
+]

@@ -1,0 +1,250 @@
+"""The pipeline in three verbs, like torch's FX quantization: prepare -> calibrate -> to_snn.
+
+    snn = ann2snn.convert(model, calibration_data)            # all three in one call
+    prepared = ann2snn.prepare(model, config=config)         # trace, normalise, insert observers
+    ann2snn.calibrate(prepared, data)                         # thresholds from data
+    snn = ann2snn.to_snn(prepared)                            # observers become neurons
+
+The user's model is never modified: tracing works on a deep copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from .calibration.observers import ThresholdObserver
+from .config import ConversionConfig, resolve_config
+from .errors import CalibrationError, ConversionError
+from .model import SpikingModel
+from .neurons.modules import RunningMaxPool, SpikingNeuron
+from .passes import normalize as P
+from .passes.patterns import Kind, classify, function_name
+from .tracing import source_of, trace
+
+META_KEY = "ann2snn"
+
+
+def prepare(model: nn.Module, config: ConversionConfig | dict | None = None, **overrides: Any) -> fx.GraphModule:
+    """Trace ``model`` and normalise its graph; put a threshold observer where each ReLU was.
+
+    Raises :class:`~ann2snn.errors.UnsupportedOperationError` listing every node that cannot convert.
+    """
+    cfg = resolve_config(config, **overrides)
+    gm = trace(model)
+    P.check_supported(gm)
+    stats = {"nodes_traced": _count(gm)}
+    stats["removed"] = P.remove_passthrough(gm)
+    stats["inplace_rewritten"] = P.canonicalize_inplace(gm)
+    stats["bn_folded"], stats["bn_affine"] = P.fold_batchnorm(gm)
+    stats["maxpool_moved"] = P.move_maxpool_before_neuron(gm)
+    stats["neurons"] = insert_observers(gm, cfg)
+    stats["nodes_final"] = _count(gm)
+    gm.meta[META_KEY] = {"config": cfg, "passes": stats, "calibrated": False}
+    return gm
+
+
+def _count(gm: fx.GraphModule) -> int:
+    return sum(1 for n in gm.graph.nodes if n.op not in ("placeholder", "output"))
+
+
+def insert_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> int:
+    """Replace every ReLU-like node by a call to a :class:`ThresholdObserver`. Returns their number."""
+    modules = P.modules_of(gm)
+    count = 0
+    for node in list(gm.graph.nodes):
+        c = classify(node, modules)
+        if c.kind is not Kind.NEURON:
+            continue
+        name = f"neuron_{count}_{node.name}"
+        obs = ThresholdObserver(
+            node.name, cfg.threshold, cfg.granularity == "channel", c.cap,
+            percentile=cfg.percentile, timesteps=cfg.timesteps, burst_cap=cfg.burst_cap, v0=cfg.v0,
+            ltb_lr=cfg.ltb_lr, ltb_forward=cfg.ltb_forward, sample_size=cfg.sample_size, seed=cfg.seed + count,
+        )
+        obs.source = source_of(node)
+        gm.add_submodule(name, obs)
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(name, (node.args[0],))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        count += 1
+    P._finish(gm)
+    return count
+
+
+def observers(gm: fx.GraphModule) -> dict[str, ThresholdObserver]:
+    """The observers of a prepared graph, in graph order, keyed by submodule name."""
+    return {n.target: gm.get_submodule(n.target) for n in gm.graph.nodes
+            if n.op == "call_module" and isinstance(gm.get_submodule(n.target), ThresholdObserver)}
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+def iter_inputs(data: Any) -> Iterator[Tensor]:
+    """Inputs from a tensor, or an iterable of tensors or of ``(input, target, ...)`` pairs."""
+    if isinstance(data, Tensor):
+        yield data
+        return
+    if not isinstance(data, Iterable):
+        raise CalibrationError(f"calibration data must be a tensor or an iterable of batches, got {type(data).__name__}")
+    for item in data:
+        if isinstance(item, (tuple, list)):
+            if not item:
+                raise CalibrationError("a calibration batch is an empty tuple")
+            item = item[0]
+        elif isinstance(item, dict):
+            raise CalibrationError("calibration batches that are dicts are not supported; give tensors or (x, y) pairs")
+        if not isinstance(item, Tensor):
+            raise CalibrationError(f"a calibration batch must be a tensor, got {type(item).__name__}")
+        yield item
+
+
+def _checked(x: Tensor, index: int) -> Tensor:
+    if x.numel() == 0:
+        raise CalibrationError(f"calibration batch {index} is empty")
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise CalibrationError(f"calibration batch {index} contains NaN or inf values")
+    return x if x.is_floating_point() else x.float()
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def progress(iterable: Iterable, total: int | None, desc: str, enabled: bool | None) -> Iterable:
+    """A tqdm bar, shown only on a terminal unless forced on or off."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def calibrate(prepared: fx.GraphModule, data: Any, *, progress_bar: bool | None = None) -> fx.GraphModule:
+    """Run calibration data through the prepared graph and fix every observer's clipping value.
+
+    ``data`` is a tensor, or any iterable of tensors or ``(input, target)`` pairs (a DataLoader).
+    LTB cycles through the data until it has done ``ltb_iters`` iterations.
+    """
+    meta = prepared.meta.get(META_KEY)
+    if meta is None:
+        raise ConversionError("calibrate() needs a graph returned by ann2snn.prepare()")
+    cfg: ConversionConfig = meta["config"]
+    obs = observers(prepared)
+    device = _device_of(prepared)
+    cached: list[Tensor] = []
+    limit = cfg.calib_batches
+    for i, x in enumerate(iter_inputs(data)):
+        if limit is not None and i >= limit:
+            break
+        cached.append(_checked(x, i))
+    if not cached:
+        raise CalibrationError("calibration data is empty: give at least one batch")
+    steps = cfg.ltb_iters if cfg.threshold == "ltb" else len(cached)
+    if progress_bar is None:
+        progress_bar = cfg.progress
+    for o in obs.values():
+        o.collecting = True
+    prepared.eval()
+    with torch.no_grad():
+        for k in progress(range(steps), steps, f"calibrating ({cfg.threshold})", progress_bar):
+            x = cached[k % len(cached)].to(device)
+            try:
+                prepared(x)
+            except (RuntimeError, ValueError, IndexError) as exc:
+                first = str(exc).splitlines()[0]
+                raise CalibrationError(
+                    f"calibration batch of shape {tuple(x.shape)} does not fit the model: {first}") from exc
+    thresholds = {}
+    for name, o in obs.items():
+        lam = o.finalize()
+        thresholds[o.name] = lam
+    meta["calibrated"] = True
+    meta["calibration"] = {"batches": len(cached), "iterations": steps,
+                           "samples": int(sum(x.shape[0] for x in cached))}
+    meta["example_shape"] = tuple(cached[0].shape[1:])
+    return prepared
+
+
+def to_snn(prepared: fx.GraphModule, caps: dict[str, int] | None = None) -> SpikingModel:
+    """Build the spiking model: each observer becomes a :class:`SpikingNeuron` with threshold
+    ``lambda / cap``; each max-pool becomes a :class:`RunningMaxPool`. ``prepared`` is not modified."""
+    meta = prepared.meta.get(META_KEY)
+    if meta is None or not meta.get("calibrated"):
+        raise ConversionError("to_snn() needs a prepared graph that has been calibrated (ann2snn.calibrate)")
+    cfg: ConversionConfig = meta["config"]
+    caps = caps or {}
+    graph = copy.deepcopy(prepared.graph)
+    modules: dict[str, nn.Module] = {}
+    layers = []
+    orig = dict(prepared.named_modules())
+    for node in graph.nodes:
+        if node.op == "get_attr":
+            modules[node.target] = copy.deepcopy(_get_attr(prepared, node.target))
+        if node.op != "call_module":
+            continue
+        mod = orig[node.target]
+        if isinstance(mod, ThresholdObserver):
+            cap = int(caps.get(mod.name, cfg.burst_cap if cfg.neuron == "adafire" else 1))
+            neuron = SpikingNeuron(mod.result / cap, cap=cap, v0=cfg.v0, clip=mod.clip, name=mod.name)
+            modules[node.target] = neuron
+            layers.append({"name": mod.name, "channels": int(mod.result.numel()), "cap": cap,
+                           "clip_value_mean": float(mod.result.mean()), "clip_value_max": float(mod.result.max()),
+                           "observed_max_mean": float(mod.max.mean()), "source": getattr(mod, "source", None)})
+        elif classify(node, orig).kind is Kind.MAXPOOL:
+            modules[node.target] = RunningMaxPool(pool=copy.deepcopy(mod))
+        else:
+            modules[node.target] = copy.deepcopy(mod)
+    for node in list(graph.nodes):
+        if node.op == "call_function" and classify(node, orig).kind is Kind.MAXPOOL:
+            target = f"maxpool_{node.name}"
+            modules[target] = RunningMaxPool(function=function_name(node.target))
+            with graph.inserting_after(node):
+                new = graph.call_module(target, node.args, node.kwargs)
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+    gm = fx.GraphModule(modules, graph, class_name="SpikingGraph")
+    gm.eval()
+    info = {"passes": dict(meta["passes"]), "calibration": dict(meta.get("calibration", {})),
+            "layers": layers, "example_shape": list(meta.get("example_shape", ()))}
+    return SpikingModel(gm, cfg, info)
+
+
+def _get_attr(gm: nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def convert(model: nn.Module, calibration_data: Any, config: ConversionConfig | dict | None = None,
+            **overrides: Any) -> SpikingModel:
+    """Convert a pretrained ReLU network into a :class:`SpikingModel` without training.
+
+    Args:
+        model: the ANN (never modified).
+        calibration_data: a tensor, or an iterable of tensors or ``(input, target)`` pairs.
+        config: a :class:`ConversionConfig` or dict; ``overrides`` change single fields,
+            e.g. ``convert(model, loader, threshold="mse", timesteps=16)``.
+    """
+    cfg = resolve_config(config, **overrides)
+    prepared = prepare(model, cfg)
+    calibrate(prepared, calibration_data)
+    return to_snn(prepared)
+
+
+def quantization_levels(timesteps: int, cap: int = 1) -> int:
+    """Number of distinct non-zero output levels of a rate-coded neuron over ``timesteps`` steps."""
+    return int(math.prod((timesteps, cap)))

@@ -1,0 +1,1 @@
+"""Threshold observers and calibration procedures."""

@@ -1,0 +1,160 @@
+"""Threshold observers: modules that sit where the ReLUs were during calibration.
+
+Each observer sees the pre-activation ``z`` of its site, gathers what its method needs, and passes on
+``relu(z)`` (or, for LTB in ``clip`` mode, ``clip(z, 0, lambda)``). ``finalize()`` returns the clipping
+value lambda per channel (or one per layer); the neuron threshold is ``lambda / burst cap``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..neurons import functional as NF
+from ..neurons.modules import broadcast_channel
+
+MSE_STEPS = 95  # lambda = max * (1 - 0.01 i), i = 0..94 [Calib]
+
+
+def channels_last_2d(x: Tensor, per_channel: bool) -> Tensor:
+    """``[B, C, ...]`` -> ``[N, C]`` (per channel) or ``[N, 1]`` (per layer)."""
+    if not per_channel or x.ndim < 2:
+        return x.reshape(-1, 1)
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+class ThresholdObserver(nn.Module):
+    """Collects activation statistics at one neuron site and computes its clipping value.
+
+    Args:
+        name: the graph node it stands for.
+        method: ``max``, ``percentile``, ``mse`` or ``ltb``.
+        per_channel: one value per channel (dim 1) or one per layer.
+        clip: the activation's own upper bound (ReLU6: 6.0), or ``None``.
+        percentile, timesteps, burst_cap, v0, ltb_lr, ltb_forward, sample_size, seed: method parameters.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        method: str,
+        per_channel: bool = True,
+        clip: float | None = None,
+        *,
+        percentile: float = 99.99,
+        timesteps: int = 32,
+        burst_cap: int = 1,
+        v0: float = 0.5,
+        ltb_lr: float = 1.0,
+        ltb_forward: str = "relu",
+        sample_size: int = 20000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.method = method
+        self.per_channel = per_channel
+        self.clip = clip
+        self.percentile = percentile
+        self.timesteps = timesteps
+        self.burst_cap = burst_cap
+        self.v0 = v0
+        self.ltb_lr = ltb_lr
+        self.ltb_forward = ltb_forward
+        self.sample_size = sample_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.collecting = True
+        self.batches = 0
+        self.max: Tensor | None = None
+        self.ltb: Tensor | None = None
+        self.ltb_history: list[Tensor] = []
+        self.sample: Tensor | None = None
+        self.sample_keys: Tensor | None = None
+        self.result: Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return f"{self.method}, per_channel={self.per_channel}, clip={self.clip}, name={self.name!r}"
+
+    @torch.no_grad()
+    def forward(self, z: Tensor) -> Tensor:
+        if self.collecting:
+            self._observe(z)
+        out = torch.relu(z)
+        if self.clip is not None:
+            out = out.clamp(max=self.clip)
+        if self.collecting and self.method == "ltb" and self.ltb_forward == "clip" and self.ltb is not None:
+            out = torch.minimum(out, broadcast_channel(self.ltb, z.ndim).to(z.dtype))
+        return out
+
+    def _observe(self, z: Tensor) -> None:
+        rows = channels_last_2d(z.detach(), self.per_channel).float()
+        if self.clip is not None:
+            rows = rows.clamp(max=self.clip)
+        batch_max = rows.amax(dim=0).clamp(min=0.0)
+        self.max = batch_max if self.max is None else torch.maximum(self.max, batch_max)
+        self.batches += 1
+        if self.method == "ltb":
+            self._ltb_step(rows)
+        elif self.method in ("percentile", "mse"):
+            self._reservoir(rows)
+
+    def _ltb_step(self, rows: Tensor) -> None:
+        """One step of gradient descent on ||clip(x, 0, lambda) - relu(x)||^2 with respect to lambda."""
+        lam = torch.zeros(rows.shape[1], device=rows.device) if self.ltb is None else self.ltb
+        excess = (rows - lam).clamp(min=0.0)  # (x - lambda) * [x > lambda]
+        lam = lam + self.ltb_lr * 2.0 * excess.mean(dim=0)
+        self.ltb = lam
+        self.ltb_history.append(lam.detach().clone())
+
+    def _reservoir(self, rows: Tensor) -> None:
+        """Keep a uniform random sample of at most ``sample_size`` rows over everything seen."""
+        keys = torch.rand(rows.shape[0], generator=self.generator).to(rows.device)
+        if self.sample is not None:
+            rows = torch.cat([self.sample, rows])
+            keys = torch.cat([self.sample_keys, keys])
+        if rows.shape[0] > self.sample_size:
+            keep = torch.topk(keys, self.sample_size, largest=False).indices
+            rows, keys = rows[keep], keys[keep]
+        self.sample, self.sample_keys = rows, keys
+
+    @torch.no_grad()
+    def finalize(self) -> Tensor:
+        """The clipping value lambda (``[C]`` or ``[1]``); observation stops."""
+        if self.max is None:
+            raise RuntimeError(f"observer {self.name!r} saw no data")
+        if self.method == "max":
+            lam = self.max
+        elif self.method == "ltb":
+            lam = self.ltb
+        elif self.method == "percentile":
+            lam = self._percentile()
+        else:
+            lam = self._mse_search()
+        lam = torch.minimum(lam.clamp(min=0.0), self.max)  # never above anything observed
+        if self.clip is not None:
+            lam = lam.clamp(max=self.clip)
+        self.result = lam.detach().clone()
+        self.collecting = False
+        self.sample = self.sample_keys = None
+        return self.result
+
+    def _percentile(self) -> Tensor:
+        values = self.sample.clone()
+        values[values <= 0] = float("nan")
+        q = torch.nanquantile(values, self.percentile / 100.0, dim=0)
+        return torch.nan_to_num(q, nan=0.0)
+
+    def _mse_search(self) -> Tensor:
+        values = self.sample.clamp(min=0.0)
+        best_err = torch.full_like(self.max, float("inf"))
+        best = self.max.clone()
+        m = self.burst_cap
+        for i in range(MSE_STEPS):
+            lam = self.max * (1.0 - 0.01 * i)
+            theta = (lam / m).clamp(min=1e-12)
+            q = NF.quantize(values, theta, self.timesteps, self.v0, m)
+            err = (q - values).pow(2).mean(dim=0)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better, lam, best)
+        return best

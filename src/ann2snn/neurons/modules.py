@@ -1,0 +1,190 @@
+"""Thin stateful wrappers around :mod:`ann2snn.neurons.functional` that sit where the ReLUs were.
+
+Every stateful module of a spiking model implements ``reset()`` (forget the state; it is rebuilt
+lazily on the next step) and ``select(index)`` (keep only some samples of the batch, used when
+samples exit early).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as NF
+
+ANALOG_MODES = ("relu", "clip", "quant")
+
+
+def broadcast_channel(param: Tensor, ndim: int, channel_dim: int = 1) -> Tensor:
+    """View a per-channel vector (or scalar) so that it broadcasts against an ``ndim`` tensor."""
+    if param.ndim == 0 or param.numel() == 1 or ndim < 2:
+        return param.reshape(())
+    shape = [1] * ndim
+    shape[channel_dim] = param.numel()
+    return param.reshape(shape)
+
+
+class StatefulModule(nn.Module):
+    """Base of every module that carries state across timesteps."""
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def select(self, index: Tensor) -> None:
+        """Keep only the samples ``index`` (1-D long tensor) of the batch in the state."""
+        raise NotImplementedError
+
+
+class SpikingNeuron(StatefulModule):
+    """A layer of integrate-and-fire neurons (burst neurons when ``cap > 1``) with soft reset.
+
+    Emits ``spikes * threshold`` each step, so the next layer's weights stay untouched. The spike
+    counts of the last step are kept in ``last_spikes`` for synaptic-operation counting.
+
+    Args:
+        threshold: per-channel thresholds (shape ``[C]``) or one scalar.
+        cap: burst cap m (1 = IF neuron).
+        v0: initial membrane as a fraction of the threshold.
+        clip: an upper bound of the activation it replaces (ReLU6: 6), ``None`` for plain ReLU.
+        name: the graph node it replaces, for reports.
+    """
+
+    def __init__(
+        self,
+        threshold: Tensor,
+        cap: int = 1,
+        v0: float = 0.5,
+        clip: float | None = None,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
+        self.register_buffer("threshold", threshold)
+        self.register_buffer("v0_offset", torch.zeros_like(threshold))
+        self.cap = int(cap)
+        self.v0 = float(v0)
+        self.clip = clip
+        self.name = name
+        self.analog: str | None = None
+        self.quant_timesteps = 0
+        self.v: Tensor | None = None
+        self.last_spikes: Tensor | None = None
+
+    def extra_repr(self) -> str:
+        kind = "IF" if self.cap == 1 else f"AdaFire(cap={self.cap})"
+        return f"{kind}, channels={self.threshold.numel()}, v0={self.v0}, name={self.name!r}"
+
+    def spec(self) -> dict[str, Any]:
+        return {"cap": self.cap, "v0": self.v0, "clip": self.clip, "name": self.name,
+                "threshold_shape": list(self.threshold.shape)}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> SpikingNeuron:
+        return cls(torch.zeros(spec["threshold_shape"]), spec["cap"], spec["v0"], spec["clip"], spec["name"])
+
+    def effective_threshold(self, ndim: int) -> Tensor:
+        theta = self.threshold
+        # A channel that never activated on calibration data gets threshold 0: it must stay silent.
+        theta = torch.where(theta > 0, theta, torch.full_like(theta, 1e30))
+        return broadcast_channel(theta, ndim)
+
+    def reset(self) -> None:
+        self.v = None
+        self.last_spikes = None
+
+    def select(self, index: Tensor) -> None:
+        if self.v is not None:
+            self.v = self.v.index_select(0, index)
+
+    def forward(self, x: Tensor) -> Tensor:
+        theta = self.effective_threshold(x.ndim).to(x.dtype)
+        if self.analog is not None:
+            return self._analog(x, theta)
+        if self.v is None:
+            offset = broadcast_channel(self.v0_offset, x.ndim).to(x.dtype)
+            self.v = NF.initial_potential(x, theta, self.v0, offset)
+        spikes, self.v = NF.burst_step(x, self.v, theta, self.cap)
+        self.last_spikes = spikes
+        return spikes * theta
+
+    def _analog(self, x: Tensor, theta: Tensor) -> Tensor:
+        if self.analog == "relu":
+            out = torch.relu(x)
+            return out.clamp(max=self.clip) if self.clip is not None else out
+        live = broadcast_channel(self.threshold, x.ndim).to(x.dtype) > 0
+        if self.analog == "clip":
+            out = torch.minimum(torch.relu(x), theta * self.cap)
+        else:
+            out = NF.quantize(x, theta, self.quant_timesteps, self.v0, self.cap)
+        return torch.where(live, out, torch.zeros_like(out))
+
+
+class RunningMaxPool(StatefulModule):
+    """Max-pooling that is exact for rate codes (ALGORITHMS.md §6).
+
+    It pools the running sum of its input and emits the increments, so that after t steps the charge
+    it has passed on is ``t * maxpool(mean input so far)``; max-pooling is positively homogeneous, so
+    ``maxpool(S_t) - maxpool(S_{t-1})`` is exactly that increment.
+
+    ``pool`` is the original pooling module, or ``None`` with ``function`` naming a functional pool
+    whose extra arguments arrive in ``forward``.
+    """
+
+    def __init__(self, pool: nn.Module | None = None, function: str | None = None) -> None:
+        super().__init__()
+        if (pool is None) == (function is None):
+            raise ValueError("RunningMaxPool needs exactly one of pool / function")
+        self.pool = pool
+        self.function = function
+        self.analog: str | None = None
+        self.total: Tensor | None = None
+        self.previous: Tensor | None = None
+
+    def spec(self) -> dict[str, Any]:
+        return {"function": self.function}
+
+    def _apply_pool(self, x: Tensor, args: tuple, kwargs: dict) -> Tensor:
+        if self.pool is not None:
+            return self.pool(x)
+        from ..passes.patterns import resolve_function
+
+        return resolve_function(self.function)(x, *args, **kwargs)
+
+    def reset(self) -> None:
+        self.total = None
+        self.previous = None
+
+    def select(self, index: Tensor) -> None:
+        if self.total is not None:
+            self.total = self.total.index_select(0, index)
+            self.previous = self.previous.index_select(0, index)
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if self.analog is not None:
+            return self._apply_pool(x, args, kwargs)
+        self.total = x if self.total is None else self.total + x
+        pooled = self._apply_pool(self.total, args, kwargs)
+        out = pooled if self.previous is None else pooled - self.previous
+        self.previous = pooled
+        return out
+
+
+class Affine(nn.Module):
+    """A per-channel affine map ``x * scale + shift`` (a BatchNorm in eval mode that follows a neuron)."""
+
+    def __init__(self, scale: Tensor, shift: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).detach().clone())
+        self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32).detach().clone())
+
+    def spec(self) -> dict[str, Any]:
+        return {"channels": self.scale.numel()}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Affine:
+        return cls(torch.ones(spec["channels"]), torch.zeros(spec["channels"]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * broadcast_channel(self.scale, x.ndim).to(x.dtype) + broadcast_channel(self.shift, x.ndim).to(x.dtype)
