@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -167,10 +166,8 @@ def calibrate(prepared: fx.GraphModule, data: Any, *, progress_bar: bool | None 
                 first = str(exc).splitlines()[0]
                 raise CalibrationError(
                     f"calibration batch of shape {tuple(x.shape)} does not fit the model: {first}") from exc
-    thresholds = {}
-    for name, o in obs.items():
-        lam = o.finalize()
-        thresholds[o.name] = lam
+    for o in obs.values():
+        o.finalize()
     meta["calibrated"] = True
     meta["calibration"] = {"batches": len(cached), "iterations": steps,
                            "samples": int(sum(x.shape[0] for x in cached))}
@@ -243,8 +240,3 @@ def convert(model: nn.Module, calibration_data: Any, config: ConversionConfig | 
     prepared = prepare(model, cfg)
     calibrate(prepared, calibration_data)
     return to_snn(prepared)
-
-
-def quantization_levels(timesteps: int, cap: int = 1) -> int:
-    """Number of distinct non-zero output levels of a rate-coded neuron over ``timesteps`` steps."""
-    return int(math.prod((timesteps, cap)))
