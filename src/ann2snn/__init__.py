@@ -10,10 +10,11 @@ from .errors import (
     UnsupportedOperationError,
 )
 from .model import SpikingModel
+from .serialize import load, save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CalibrationError", "ConfigError", "ConversionConfig", "ConversionError", "SerializationError",
-    "SpikingModel", "UnsupportedOperationError", "calibrate", "convert", "prepare", "to_snn",
+    "SpikingModel", "UnsupportedOperationError", "calibrate", "convert", "load", "prepare", "save", "to_snn",
 ]

@@ -68,6 +68,22 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are not on disk; the message names the command that installs them."""
 
 
+def _canonical_strides(t: torch.Tensor) -> torch.Tensor:
+    """Return ``t`` with row-major strides, also for size-1 dims.
+
+    numpy views like ``x[:, None]`` give a ``[N, 1, H, W]`` tensor whose channel stride is not
+    ``H * W``; PyTorch then treats it as channels-last and convolutions propagate that layout, which
+    breaks ``x.view(x.size(0), -1)`` in ordinary model code.
+    """
+    expected, acc = [], 1
+    for size in reversed(t.shape):
+        expected.append(acc)
+        acc *= size
+    if tuple(reversed(expected)) == t.stride():
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 class ArrayDataset(TensorDataset):
     """A ``TensorDataset`` of ``(x, y)`` with a little metadata.
 
@@ -86,7 +102,7 @@ class ArrayDataset(TensorDataset):
     ) -> None:
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x and y have different lengths: {x.shape[0]} vs {y.shape[0]}")
-        super().__init__(x, y)
+        super().__init__(_canonical_strides(x), _canonical_strides(y))
         self.name = name
         self.mean = mean
         self.std = std

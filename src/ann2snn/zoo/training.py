@@ -76,7 +76,8 @@ def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator | None 
     if "flip" in mode:
         flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    return x.contiguous()
+    # Row-major strides even for C == 1 (otherwise convs may switch to channels-last).
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 @torch.no_grad()
