@@ -32,7 +32,7 @@ def source_of(node: fx.Node) -> str | None:
     trace = getattr(node, "stack_trace", None)
     if not trace:
         return None
-    frames = _FRAME.findall(trace)
+    frames = [f for f in _FRAME.findall(trace) if "/torch/" not in f[0]]
     if not frames:
         return None
     path, line, _func, code = frames[-1]
