@@ -46,6 +46,8 @@ class SpikingModel(nn.Module):
         self.config = config
         self.info = dict(info or {})
         self.step_hooks: list[Callable[[SpikingModel], None]] = []
+        self.counters: list[Any] = []  # SynapticCounter objects attached to this model
+        self.last_input: Tensor | None = None
 
     # -- structure -----------------------------------------------------------------------------
     def neurons(self) -> dict[str, SpikingNeuron]:
@@ -71,9 +73,12 @@ class SpikingModel(nn.Module):
         """Keep only the samples ``index`` of the batch in every state (early exit)."""
         for m in self.stateful_modules():
             m.select(index)
+        for c in self.counters:
+            c.select(index)
 
     def step(self, x: Tensor) -> Any:
         """One timestep: input current ``x`` in, this step's output (analog last layer) out."""
+        self.last_input = x
         out = self.graph_module(x)
         for hook in self.step_hooks:
             hook(self)
@@ -108,6 +113,8 @@ class SpikingModel(nn.Module):
         if encoding == "poisson" and generator is None:
             generator = torch.Generator(device=x.device).manual_seed(self.config.seed)
         self.reset()
+        for c in self.counters:
+            c.begin(x.shape[1] if sequence else x.shape[0], x.device)
         total = None
         history = [] if return_all else None
         count = 0
@@ -124,6 +131,7 @@ class SpikingModel(nn.Module):
             if return_all:
                 history.append(tree_map(lambda s, c=count: s / c, total))
         self.reset()
+        self.last_input = None
         mean = tree_map(lambda s: s / count, total)
         if return_all:
             return mean, _stack(history)
