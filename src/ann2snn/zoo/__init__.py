@@ -1,0 +1,41 @@
+"""Reference architectures, a model registry and bundled checkpoints.
+
+>>> from ann2snn.zoo import create_model, list_models
+>>> model = create_model("vgg_digits", pretrained=True)  # doctest: +SKIP
+"""
+
+from . import catalog  # noqa: F401  (registers the built-in models)
+from .models import CNN, MLP, VGG, BasicBlock, InvertedResidual, MobileNetV2, ResNet
+from .registry import (
+    WEIGHTS_DIR,
+    ZOO,
+    CheckpointNotFoundError,
+    ZooEntry,
+    create_model,
+    get_entry,
+    list_models,
+    load_metadata,
+    register_model,
+)
+from .training import evaluate_accuracy, train_classifier
+
+__all__ = [
+    "CNN",
+    "MLP",
+    "VGG",
+    "WEIGHTS_DIR",
+    "ZOO",
+    "BasicBlock",
+    "CheckpointNotFoundError",
+    "InvertedResidual",
+    "MobileNetV2",
+    "ResNet",
+    "ZooEntry",
+    "create_model",
+    "evaluate_accuracy",
+    "get_entry",
+    "list_models",
+    "load_metadata",
+    "register_model",
+    "train_classifier",
+]
