@@ -63,8 +63,9 @@ def insert_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> int:
         if c.kind is not Kind.NEURON:
             continue
         name = f"neuron_{count}_{node.name}"
+        label = node.target if node.op == "call_module" else node.name
         obs = ThresholdObserver(
-            node.name, cfg.threshold, cfg.granularity == "channel", c.cap,
+            label, cfg.threshold, cfg.granularity == "channel", c.cap,
             percentile=cfg.percentile, timesteps=cfg.timesteps, burst_cap=cfg.burst_cap, v0=cfg.v0,
             ltb_lr=cfg.ltb_lr, ltb_forward=cfg.ltb_forward, sample_size=cfg.sample_size, seed=cfg.seed + count,
         )

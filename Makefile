@@ -1,0 +1,39 @@
+# ann2snn developer commands. `make demo` sets up and runs the main job; `make test` runs the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint bench clean data
+
+setup: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	-@$(MAKE) -s data
+	touch $@
+
+# Full Fashion-MNIST (Debian package). Optional: everything falls back to scikit-learn's digits.
+data:
+	@if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
+	     && echo "installed dataset-fashion-mnist" || echo "note: could not install dataset-fashion-mnist"; \
+	  else echo "note: run 'sudo apt-get install -y dataset-fashion-mnist' for the full Fashion-MNIST"; fi; \
+	fi
+
+demo: setup
+	$(BIN)/python examples/quickstart.py
+
+test: setup
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/python -m pytest tests
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
