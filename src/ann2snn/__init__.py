@@ -1,6 +1,6 @@
 """ann2snn: turn a pretrained PyTorch ReLU network into a spiking neural network without training."""
 
-from .api import calibrate, convert, prepare, to_snn
+from .api import adapt, calibrate, convert, prepare, to_snn
 from .config import ConversionConfig
 from .errors import (
     CalibrationError,
@@ -16,5 +16,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CalibrationError", "ConfigError", "ConversionConfig", "ConversionError", "SerializationError",
-    "SpikingModel", "UnsupportedOperationError", "calibrate", "convert", "load", "prepare", "save", "to_snn",
+    "SpikingModel", "UnsupportedOperationError", "adapt", "calibrate", "convert", "load", "prepare", "save", "to_snn",
 ]

@@ -66,7 +66,8 @@ def insert_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> int:
         label = node.target if node.op == "call_module" else node.name
         obs = ThresholdObserver(
             label, cfg.threshold, cfg.granularity == "channel", c.cap,
-            percentile=cfg.percentile, timesteps=cfg.timesteps, burst_cap=cfg.burst_cap, v0=cfg.v0,
+            percentile=cfg.percentile, timesteps=cfg.timesteps, v0=cfg.v0,
+            burst_cap=cfg.burst_cap if cfg.neuron == "adafire" and cfg.mse_levels == "Tm" else 1,
             ltb_lr=cfg.ltb_lr, ltb_forward=cfg.ltb_forward, sample_size=cfg.sample_size, seed=cfg.seed + count,
         )
         obs.source = source_of(node)
@@ -173,12 +174,29 @@ def calibrate(prepared: fx.GraphModule, data: Any, *, progress_bar: bool | None 
     meta["calibration"] = {"batches": len(cached), "iterations": steps,
                            "samples": int(sum(x.shape[0] for x in cached))}
     meta["example_shape"] = tuple(cached[0].shape[1:])
+    meta["adapt_sample"] = _leading_samples(cached, cfg.adapt_samples)
     return prepared
 
 
-def to_snn(prepared: fx.GraphModule, caps: dict[str, int] | None = None) -> SpikingModel:
+def _leading_samples(batches: list[Tensor], n: int) -> Tensor:
+    out, have = [], 0
+    for b in batches:
+        out.append(b[: n - have])
+        have += out[-1].shape[0]
+        if have >= n:
+            break
+    return torch.cat(out)
+
+
+def to_snn(prepared: fx.GraphModule, caps: dict[str, int] | None = None, *, with_adapt: bool = True,
+           progress_bar: bool | None = None) -> SpikingModel:
     """Build the spiking model: each observer becomes a :class:`SpikingNeuron` with threshold
-    ``lambda / cap``; each max-pool becomes a :class:`RunningMaxPool`. ``prepared`` is not modified."""
+    ``lambda / cap``; each max-pool becomes a :class:`RunningMaxPool`. ``prepared`` is not modified.
+
+    With ``with_adapt`` (default), the steps that need the spiking model run next on the calibration
+    samples kept by :func:`calibrate`: AdaFire burst-cap allocation and bias / potential correction,
+    as the config asks (see :func:`adapt`). ``caps`` fixes burst caps by layer name instead.
+    """
     meta = prepared.meta.get(META_KEY)
     if meta is None or not meta.get("calibrated"):
         raise ConversionError("to_snn() needs a prepared graph that has been calibrated (ann2snn.calibrate)")
@@ -217,7 +235,35 @@ def to_snn(prepared: fx.GraphModule, caps: dict[str, int] | None = None) -> Spik
     gm.eval()
     info = {"passes": dict(meta["passes"]), "calibration": dict(meta.get("calibration", {})),
             "layers": layers, "example_shape": list(meta.get("example_shape", ()))}
-    return SpikingModel(gm, cfg, info)
+    snn = SpikingModel(gm, cfg, info)
+    if with_adapt and not caps and "adapt_sample" in meta:
+        adapt(snn, meta["adapt_sample"], progress_bar=progress_bar)
+    return snn
+
+
+def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> SpikingModel:
+    """The calibration steps that simulate the SNN itself, on calibration inputs ``x``:
+
+    * AdaFire (``neuron="adafire"``): per-layer burst caps, by sensitivity analysis and dynamic
+      programming (``burst_alloc="sensitivity"``) or all equal to ``burst_cap`` (``"uniform"``);
+    * ``correction``: bias ("light"), potential ("advanced") or both, layer by layer.
+    """
+    from .calibration import burst, correction
+
+    cfg = snn.config
+    progress_bar = cfg.progress if progress_bar is None else progress_bar
+    x = x.to(snn.device)
+    if cfg.neuron == "adafire" and cfg.burst_alloc == "sensitivity":
+        table = burst.sensitivity_table(snn, x, cfg.timesteps, list(range(cfg.burst_min, cfg.burst_initial + 1)),
+                                        cfg.burst_initial, cfg.burst_cap, cfg.sensitivity_metric, progress_bar)
+        snn.info["sensitivity"] = table.to_dict()
+        caps = burst.allocate_caps(table, cfg.burst_budget, cfg.burst_min)
+        burst.apply_caps(snn, caps)
+        snn.info["caps"] = caps
+    if cfg.correction != "none":
+        snn.info["correction"] = correction.correct(snn, x, cfg.timesteps, cfg.correction, cfg.correction_target,
+                                                    progress_bar)
+    return snn
 
 
 def _get_attr(gm: nn.Module, target: str) -> Any:

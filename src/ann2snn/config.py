@@ -13,6 +13,10 @@ GRANULARITIES = ("channel", "layer")
 NEURONS = ("if", "adafire")
 ENCODINGS = ("direct", "poisson")
 LTB_FORWARDS = ("relu", "clip")
+BURST_ALLOCS = ("sensitivity", "uniform")
+SENSITIVITY_METRICS = ("auto", "kl", "mse")
+MSE_LEVELS = ("T", "Tm")
+CORRECTION_TARGETS = ("clip", "relu")
 CORRECTIONS = ("none", "light", "advanced", "both")
 
 
@@ -31,7 +35,17 @@ class ConversionConfig:
             network clipped at the current thresholds (``clip``).
         timesteps: default number of simulation steps T (also the quantisation T of the MSE search).
         neuron: ``if`` (integrate-and-fire, soft reset) or ``adafire`` (burst neuron).
-        burst_cap: burst cap m for every layer of an AdaFire network (when not allocated per layer).
+        burst_cap: AdaFire's target cap: every layer's cap with ``burst_alloc="uniform"``, and the cap
+            that defines the spike budget B of the sensitivity allocation.
+        burst_initial: the cap of the other layers while one layer's sensitivity is measured.
+        burst_min: the smallest cap the allocation may choose.
+        burst_budget: rho, the allocation keeps total spikes <= rho * B.
+        burst_alloc: ``sensitivity`` (per-layer caps by dynamic programming) or ``uniform``.
+        sensitivity_metric: ``kl`` (symmetric KL of softmax outputs), ``mse`` (for dense outputs) or
+            ``auto`` (KL when the output is ``[batch, classes]``, MSE otherwise).
+        mse_levels: the MSE search quantises to ``T`` levels or to ``T * burst_cap`` (``Tm``) levels.
+        adapt_samples: calibration samples kept for sensitivity analysis and corrections.
+        correction_target: corrections aim at the ``clip``-ped ANN activations or the plain ``relu`` ones.
         v0: initial membrane potential as a fraction of the threshold (0.5 = half-threshold start).
         t0: delayed evaluation: the output is averaged over steps t >= t0 only.
         encoding: ``direct`` (analog input every step) or ``poisson`` (rate-coded input spikes).
@@ -50,7 +64,15 @@ class ConversionConfig:
     ltb_forward: str = "relu"
     timesteps: int = 32
     neuron: str = "if"
-    burst_cap: int = 1
+    burst_cap: int = 4
+    burst_initial: int = 8
+    burst_min: int = 1
+    burst_budget: float = 0.95
+    burst_alloc: str = "sensitivity"
+    sensitivity_metric: str = "auto"
+    mse_levels: str = "T"
+    adapt_samples: int = 256
+    correction_target: str = "clip"
     v0: float = 0.5
     t0: int = 0
     encoding: str = "direct"
@@ -68,6 +90,17 @@ class ConversionConfig:
         _choice("encoding", self.encoding, ENCODINGS)
         _choice("ltb_forward", self.ltb_forward, LTB_FORWARDS)
         _choice("correction", self.correction, CORRECTIONS)
+        _choice("burst_alloc", self.burst_alloc, BURST_ALLOCS)
+        _choice("sensitivity_metric", self.sensitivity_metric, SENSITIVITY_METRICS)
+        _choice("mse_levels", self.mse_levels, MSE_LEVELS)
+        _choice("correction_target", self.correction_target, CORRECTION_TARGETS)
+        for name in ("burst_initial", "burst_min", "adapt_samples"):
+            _positive_int(name, getattr(self, name))
+        if not (self.burst_min <= self.burst_cap <= self.burst_initial):
+            raise ConfigError(f"need burst_min <= burst_cap <= burst_initial, got {self.burst_min}, "
+                              f"{self.burst_cap}, {self.burst_initial}")
+        if not (0.0 < self.burst_budget <= 10.0):
+            raise ConfigError(f"burst_budget (rho) must be in (0, 10], got {self.burst_budget}")
         if not (0.0 < self.percentile <= 100.0):
             raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
         _positive_int("timesteps", self.timesteps)

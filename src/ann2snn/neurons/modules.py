@@ -63,6 +63,7 @@ class SpikingNeuron(StatefulModule):
         threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
         self.register_buffer("threshold", threshold)
         self.register_buffer("v0_offset", torch.zeros_like(threshold))
+        self.register_buffer("bias_shift", torch.zeros_like(threshold))
         self.cap = int(cap)
         self.v0 = float(v0)
         self.clip = clip
@@ -71,6 +72,7 @@ class SpikingNeuron(StatefulModule):
         self.quant_timesteps = 0
         self.v: Tensor | None = None
         self.last_spikes: Tensor | None = None
+        self.has_bias_shift = False
 
     def extra_repr(self) -> str:
         kind = "IF" if self.cap == 1 else f"AdaFire(cap={self.cap})"
@@ -83,6 +85,13 @@ class SpikingNeuron(StatefulModule):
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> SpikingNeuron:
         return cls(torch.zeros(spec["threshold_shape"]), spec["cap"], spec["v0"], spec["clip"], spec["name"])
+
+    @torch.no_grad()
+    def set_cap(self, cap: int) -> None:
+        """Change the burst cap, keeping the clipping value ``cap * threshold``."""
+        clip_value = self.threshold * self.cap
+        self.cap = int(cap)
+        self.threshold.copy_(clip_value / self.cap)
 
     def effective_threshold(self, ndim: int) -> Tensor:
         theta = self.threshold
@@ -105,6 +114,9 @@ class SpikingNeuron(StatefulModule):
         if self.v is None:
             offset = broadcast_channel(self.v0_offset, x.ndim).to(x.dtype)
             self.v = NF.initial_potential(x, theta, self.v0, offset)
+            self.has_bias_shift = bool(self.bias_shift.any())
+        if self.has_bias_shift:
+            x = x + broadcast_channel(self.bias_shift, x.ndim).to(x.dtype)
         spikes, self.v = NF.burst_step(x, self.v, theta, self.cap)
         self.last_spikes = spikes
         return spikes * theta

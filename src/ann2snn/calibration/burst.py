@@ -1,0 +1,217 @@
+"""AdaFire burst-cap allocation by sensitivity analysis under a spike budget (ALGORITHMS.md §2).
+
+For each neuron layer l and each candidate cap m: set l's cap to m and every other layer's to the
+initial cap, simulate, and record the divergence S_l(m) of the SNN's output from the ANN's and the
+layer's spike count N_l(m). Then choose one cap per layer minimising sum S subject to
+sum N <= rho * B (B: all layers at the target cap), exactly, by dynamic programming over a
+discretised budget (a multiple-choice knapsack).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..model import SpikingModel
+
+
+def output_divergence(snn_out: Tensor, ann_out: Tensor, metric: str) -> float:
+    """Symmetric KL between softmax outputs (``kl``) or the mean squared error (``mse``)."""
+    if metric == "mse":
+        return float((snn_out - ann_out).pow(2).mean())
+    p = torch.log_softmax(snn_out.flatten(1).double(), dim=1)
+    q = torch.log_softmax(ann_out.flatten(1).double(), dim=1)
+    kl_pq = (p.exp() * (p - q)).sum(1)
+    kl_qp = (q.exp() * (q - p)).sum(1)
+    return float((kl_pq + kl_qp).mean())
+
+
+def resolve_metric(metric: str, ann_out: Any) -> str:
+    if metric != "auto":
+        return metric
+    return "kl" if isinstance(ann_out, Tensor) and ann_out.ndim == 2 else "mse"
+
+
+def _first_tensor(out: Any) -> Tensor:
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, dict):
+        out = list(out.values())
+    return torch.cat([_first_tensor(o).flatten(1) for o in out], dim=1)
+
+
+class _SpikeTally:
+    """A step hook that sums each neuron layer's spikes over a run."""
+
+    def __init__(self, snn: SpikingModel):
+        self.neurons = snn.neurons()
+        self.totals = {name: 0.0 for name in self.neurons}
+
+    def __call__(self, snn: SpikingModel) -> None:
+        for name, mod in self.neurons.items():
+            self.totals[name] += float(mod.last_spikes.sum())
+
+
+def simulate_with_tally(snn: SpikingModel, x: Tensor, timesteps: int) -> tuple[Any, dict[str, float]]:
+    tally = _SpikeTally(snn)
+    snn.step_hooks.append(tally)
+    try:
+        out = snn.run(x, timesteps)
+    finally:
+        snn.step_hooks.remove(tally)
+    return out, tally.totals
+
+
+@dataclass
+class SensitivityTable:
+    """S_l(m) and N_l(m) for every layer l and candidate cap m, and the budget reference B."""
+
+    layers: list[str]
+    caps: list[int]
+    sensitivity: list[list[float]]
+    spikes: list[list[float]]
+    target_cap: int
+    initial_cap: int
+    baseline_spikes: float
+    metric: str
+    timesteps: int
+    samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SensitivityTable:
+        return cls(**d)
+
+
+@torch.no_grad()
+def sensitivity_table(
+    snn: SpikingModel,
+    x: Tensor,
+    timesteps: int,
+    caps: Sequence[int],
+    initial_cap: int,
+    target_cap: int,
+    metric: str = "auto",
+    progress: bool | None = None,
+) -> SensitivityTable:
+    """Measure every layer's sensitivity to its burst cap (the others held at ``initial_cap``)."""
+    from ..api import progress as bar
+
+    neurons = snn.neurons()
+    saved = {name: n.cap for name, n in neurons.items()}
+    ann = _first_tensor(snn.analog(x, "relu"))
+    metric = resolve_metric(metric, ann)
+    try:
+        for n in neurons.values():
+            n.set_cap(target_cap)
+        _, base = simulate_with_tally(snn, x, timesteps)
+        baseline = sum(base.values())
+        sens, spikes = [], []
+        jobs = [(name, m) for name in neurons for m in caps]
+        results: dict[tuple[str, int], tuple[float, float]] = {}
+        for name, m in bar(jobs, len(jobs), "burst sensitivity", progress):
+            for other, n in neurons.items():
+                n.set_cap(m if other == name else initial_cap)
+            out, tally = simulate_with_tally(snn, x, timesteps)
+            results[(name, m)] = (output_divergence(_first_tensor(out), ann, metric), tally[name])
+        for name in neurons:
+            sens.append([results[(name, m)][0] for m in caps])
+            spikes.append([results[(name, m)][1] for m in caps])
+    finally:
+        for name, n in neurons.items():
+            n.set_cap(saved[name])
+    return SensitivityTable(list(neurons), list(caps), sens, spikes, target_cap, initial_cap, baseline, metric,
+                            timesteps, int(x.shape[0]))
+
+
+def multiple_choice_knapsack(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]],
+                             budget: int) -> list[int] | None:
+    """Pick one option per group minimising the summed value with summed (integer) cost <= budget.
+
+    Exact dynamic programming over the budget: O(groups * options * budget). Returns the chosen
+    option index per group, or None if even the cheapest choice exceeds the budget.
+    """
+    inf = math.inf
+    best = [0.0] + [inf] * budget  # best[b]: least value with cost exactly b
+    choice: list[list[int]] = []
+    for group_costs, group_values in zip(costs, values, strict=True):
+        new = [inf] * (budget + 1)
+        pick = [-1] * (budget + 1)
+        for b in range(budget + 1):
+            if best[b] == inf:
+                continue
+            for i, (c, v) in enumerate(zip(group_costs, group_values, strict=True)):
+                nb = b + c
+                if nb <= budget and best[b] + v < new[nb]:
+                    new[nb] = best[b] + v
+                    pick[nb] = i
+        best = new
+        choice.append(pick)
+    end = min(range(budget + 1), key=lambda b: best[b])
+    if best[end] == inf:
+        return None
+    # walk back: recover each group's option from the stored picks
+    result = [0] * len(choice)
+    b = end
+    for g in range(len(choice) - 1, -1, -1):
+        i = choice[g][b]
+        result[g] = i
+        b -= costs[g][i]
+    return result
+
+
+def allocate_caps(table: SensitivityTable, rho: float = 0.95, min_cap: int = 1,
+                  resolution: int = 2000) -> dict[str, int]:
+    """Caps minimising total sensitivity with total spikes <= rho * B.
+
+    Spike counts are discretised to 1/resolution of the budget (rounded down), the knapsack is solved
+    exactly, and the choice is checked against the true counts; if rounding let it overspend, the
+    discrete budget shrinks by one unit and the DP runs again. The result always respects the budget.
+    """
+    budget_spikes = rho * table.baseline_spikes
+    unit = max(budget_spikes, 1e-12) / resolution
+    allowed = [i for i, m in enumerate(table.caps) if m >= min_cap]
+    layers = range(len(table.layers))
+    costs = [[int(table.spikes[l][i] // unit) for i in allowed] for l in layers]
+    values = [[table.sensitivity[l][i] for i in allowed] for l in layers]
+    budget = resolution
+    picked = None
+    while budget >= 0:
+        picked = multiple_choice_knapsack(costs, values, budget)
+        if picked is None:
+            break
+        if sum(table.spikes[l][allowed[i]] for l, i in zip(layers, picked, strict=True)) <= budget_spikes:
+            break
+        budget -= 1
+        picked = None
+    if picked is None:  # the budget cannot be met: take the cheapest cap of every layer
+        picked = [min(range(len(allowed)), key=lambda i, l=l: table.spikes[l][allowed[i]]) for l in layers]
+    return {name: table.caps[allowed[i]] for name, i in zip(table.layers, picked, strict=True)}
+
+
+def apply_caps(snn: SpikingModel, caps: dict[str, int]) -> None:
+    neurons = snn.neurons()
+    for name, m in caps.items():
+        neurons[name].set_cap(m)
+    for layer in snn.info.get("layers", []):
+        if layer["name"] in caps:
+            layer["cap"] = caps[layer["name"]]
+
+
+def reallocate(snn: SpikingModel, rho: float, min_cap: int | None = None) -> dict[str, int]:
+    """Choose caps again for another budget from the table stored in ``snn.info`` (no simulation)."""
+    stored = snn.info.get("sensitivity")
+    if not stored:
+        raise ValueError("this SNN has no stored sensitivity table (convert with neuron='adafire')")
+    table = SensitivityTable.from_dict(stored)
+    caps = allocate_caps(table, rho, min_cap if min_cap is not None else snn.config.burst_min)
+    apply_caps(snn, caps)
+    snn.info["caps"] = caps
+    return caps

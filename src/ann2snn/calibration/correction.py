@@ -1,0 +1,93 @@
+"""Bias ("light") and potential ("advanced") correction [Calib], layer by layer (ALGORITHMS.md §3).
+
+For each neuron layer in graph order, simulate T steps on calibration data, take the per-channel mean
+of (SNN output averaged over T) - (ANN activation), and cancel it: *light* subtracts it from the
+layer's input current every step (the bias of the layer before it), *advanced* lowers the initial
+membrane by that error times T. Later layers are measured after earlier ones are corrected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..model import SpikingModel
+from .observers import channels_last_2d
+
+
+class _LayerOutputs:
+    """Captures each neuron layer's output: analog (a forward hook) or summed over steps (a step hook)."""
+
+    def __init__(self, snn: SpikingModel, names: list[str]):
+        self.neurons = {n: snn.neurons()[n] for n in names}
+        self.sums: dict[str, Tensor] = {}
+        self.steps = 0
+
+    def __call__(self, snn: SpikingModel) -> None:
+        self.steps += 1
+        for name, mod in self.neurons.items():
+            out = mod.last_spikes * mod.effective_threshold(mod.last_spikes.ndim)
+            self.sums[name] = out if name not in self.sums else self.sums[name] + out
+
+
+def _analog_outputs(snn: SpikingModel, x: Tensor, mode: str) -> dict[str, Tensor]:
+    captured: dict[str, Tensor] = {}
+    handles = [mod.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach()))
+               for name, mod in snn.neurons().items()]
+    try:
+        snn.analog(x, mode)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def _channel_mean(err: Tensor, per_channel: bool) -> Tensor:
+    return channels_last_2d(err, per_channel).mean(dim=0)
+
+
+@torch.no_grad()
+def correct(snn: SpikingModel, x: Tensor, timesteps: int, mode: str = "light", target: str = "clip",
+            progress: bool | None = None) -> dict[str, Any]:
+    """Correct every neuron layer in place.
+
+    Returns, per layer, the mean over channels of |mean error| (what the correction cancels) and the
+    mean absolute error, before and after.
+    """
+    from ..api import progress as bar
+
+    if mode not in ("light", "advanced", "both"):
+        raise ValueError(f"unknown correction {mode!r}; choose light, advanced or both")
+    x = x.to(snn.device)
+    reference = _analog_outputs(snn, x, target)
+    names = list(snn.neurons())
+    log: dict[str, Any] = {}
+    for name in bar(names, len(names), f"{mode} correction", progress):
+        neuron = snn.neurons()[name]
+        per_channel = neuron.threshold.numel() > 1
+        phases = ["light", "advanced"] if mode == "both" else [mode]
+        first = None
+        for phase in phases:
+            err = _measure(snn, x, timesteps, name, reference[name])
+            mu = _channel_mean(err, per_channel).to(neuron.threshold.dtype).reshape(neuron.threshold.shape)
+            first = first or {"mean_error_before": float(mu.abs().mean()), "abs_error_before": float(err.abs().mean())}
+            if phase == "light":
+                neuron.bias_shift -= mu
+            else:
+                neuron.v0_offset -= mu * timesteps
+        err = _measure(snn, x, timesteps, name, reference[name])
+        mu = _channel_mean(err, per_channel)
+        log[name] = {**first, "mean_error_after": float(mu.abs().mean()), "abs_error_after": float(err.abs().mean())}
+    return log
+
+
+def _measure(snn: SpikingModel, x: Tensor, timesteps: int, name: str, reference: Tensor) -> Tensor:
+    rec = _LayerOutputs(snn, [name])
+    snn.step_hooks.append(rec)
+    try:
+        snn.run(x, timesteps)
+    finally:
+        snn.step_hooks.remove(rec)
+    return rec.sums[name] / rec.steps - reference

@@ -1,0 +1,98 @@
+import itertools
+import random
+
+import pytest
+import torch
+from torch import nn
+
+import ann2snn
+from ann2snn.calibration.burst import (
+    SensitivityTable,
+    allocate_caps,
+    multiple_choice_knapsack,
+    reallocate,
+    simulate_with_tally,
+)
+
+from .helpers import SmallResNet, randomize_bn
+
+
+def brute_force(costs, values, budget):
+    best = None
+    for combo in itertools.product(*[range(len(c)) for c in costs]):
+        if sum(costs[g][i] for g, i in enumerate(combo)) <= budget:
+            v = sum(values[g][i] for g, i in enumerate(combo))
+            if best is None or v < best - 1e-12:
+                best = v
+    return best
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_knapsack_dp_equals_brute_force(seed):
+    rng = random.Random(seed)
+    groups, options = rng.randint(1, 4), rng.randint(1, 4)
+    costs = [[rng.randint(0, 12) for _ in range(options)] for _ in range(groups)]
+    values = [[rng.random() for _ in range(options)] for _ in range(groups)]
+    budget = rng.randint(0, 30)
+    picked = multiple_choice_knapsack(costs, values, budget)
+    expected = brute_force(costs, values, budget)
+    if expected is None:
+        assert picked is None
+    else:
+        assert sum(costs[g][i] for g, i in enumerate(picked)) <= budget
+        assert sum(values[g][i] for g, i in enumerate(picked)) == pytest.approx(expected)
+
+
+def test_allocation_respects_the_budget_and_prefers_sensitive_layers():
+    table = SensitivityTable(
+        layers=["a", "b"], caps=[1, 2, 4],
+        sensitivity=[[1.0, 0.5, 0.1], [0.02, 0.01, 0.0]],  # a is sensitive, b is not
+        spikes=[[10, 12, 14], [10, 12, 14]], target_cap=2, initial_cap=4, baseline_spikes=24.0, metric="kl",
+        timesteps=4, samples=1)
+    caps = allocate_caps(table, rho=1.0)
+    assert caps == {"a": 4, "b": 1}  # 14 + 10 <= 24
+    spent = sum(table.spikes[i][table.caps.index(caps[n])] for i, n in enumerate(table.layers))
+    assert spent <= 24
+    assert allocate_caps(table, rho=20 / 24) == {"a": 1, "b": 1}
+
+
+def test_adafire_conversion_allocates_within_budget_and_caches_the_table():
+    model = randomize_bn(SmallResNet())
+    x = torch.randn(96, 1, 8, 8)
+    snn = ann2snn.convert(model, x, threshold="mse", neuron="adafire", timesteps=4, burst_cap=2, burst_initial=4)
+    table = SensitivityTable.from_dict(snn.info["sensitivity"])
+    caps = snn.info["caps"]
+    assert set(caps) == set(snn.neurons()) and all(1 <= m <= 4 for m in caps.values())
+    spent = sum(table.spikes[i][table.caps.index(caps[n])] for i, n in enumerate(table.layers))
+    assert spent <= 0.95 * table.baseline_spikes + 1e-6
+    assert {n: m.cap for n, m in snn.neurons().items()} == caps
+    # a new budget re-uses the stored table: no simulation
+    calls = []
+    snn.step_hooks.append(lambda s: calls.append(1))
+    tight = reallocate(snn, 0.5)
+    assert not calls
+    assert sum(tight.values()) <= sum(caps.values())
+
+
+def test_clip_value_kept_when_cap_changes():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    x = torch.randn(32, 4)
+    snn = ann2snn.convert(model, x, threshold="max", neuron="adafire", burst_alloc="uniform", burst_cap=3)
+    n = next(iter(snn.neurons().values()))
+    clip = n.threshold * n.cap
+    n.set_cap(5)
+    assert torch.allclose(n.threshold * 5, clip)
+    _, spikes = simulate_with_tally(snn, x, 4)
+    assert sum(spikes.values()) > 0
+
+
+@pytest.mark.parametrize("mode", ["light", "advanced", "both"])
+def test_corrections_reduce_each_layers_error(mode):
+    model = randomize_bn(SmallResNet(), seed=3)
+    x = torch.randn(128, 1, 8, 8)
+    snn = ann2snn.convert(model, x, threshold="mse", timesteps=4, correction=mode, neuron="adafire",
+                          burst_alloc="uniform", burst_cap=2)
+    log = snn.info["correction"]
+    assert len(log) == 3
+    for name, entry in log.items():
+        assert entry["mean_error_after"] < 0.5 * entry["mean_error_before"], name
