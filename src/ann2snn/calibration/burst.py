@@ -179,20 +179,20 @@ def allocate_caps(table: SensitivityTable, rho: float = 0.95, min_cap: int = 1,
     unit = max(budget_spikes, 1e-12) / resolution
     allowed = [i for i, m in enumerate(table.caps) if m >= min_cap]
     layers = range(len(table.layers))
-    costs = [[int(table.spikes[l][i] // unit) for i in allowed] for l in layers]
-    values = [[table.sensitivity[l][i] for i in allowed] for l in layers]
+    costs = [[int(table.spikes[k][i] // unit) for i in allowed] for k in layers]
+    values = [[table.sensitivity[k][i] for i in allowed] for k in layers]
     budget = resolution
     picked = None
     while budget >= 0:
         picked = multiple_choice_knapsack(costs, values, budget)
         if picked is None:
             break
-        if sum(table.spikes[l][allowed[i]] for l, i in zip(layers, picked, strict=True)) <= budget_spikes:
+        if sum(table.spikes[k][allowed[i]] for k, i in zip(layers, picked, strict=True)) <= budget_spikes:
             break
         budget -= 1
         picked = None
     if picked is None:  # the budget cannot be met: take the cheapest cap of every layer
-        picked = [min(range(len(allowed)), key=lambda i, l=l: table.spikes[l][allowed[i]]) for l in layers]
+        picked = [min(range(len(allowed)), key=lambda i, k=k: table.spikes[k][allowed[i]]) for k in layers]
     return {name: table.caps[allowed[i]] for name, i in zip(table.layers, picked, strict=True)}
 
 
