@@ -1,0 +1,278 @@
+"""Classification accuracy of a spiking model at every timestep, with its yardsticks and energy.
+
+One ``snn.run(x, T, return_all=True)`` per batch gives the accuracy at every t = 1..T; beside it the
+ANN's accuracy (``snn.analog(x, "relu")``: the original network with BN folded) and the
+quantisation ceiling at chosen T (``snn.analog(x, "quant", timesteps=t)``, ALGORITHMS.md §9), and
+synaptic operations / energy counted during the same run (:class:`~ann2snn.energy.SynapticCounter`).
+
+    result = evaluate_classifier(snn, test_loader, timesteps=32)
+    print(result.to_text())
+    result.accuracy_at(8), result.ann_accuracy, result.ceiling[32], result.energy.saving
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .api import progress as _progress
+from .energy import EnergyModel, EnergyReport, LayerStats, SynapticCounter, resolve_energy_model
+from .errors import ConfigError
+from .model import SpikingModel
+
+__all__ = ["EvalResult", "default_timesteps", "evaluate_classifier", "merge_energy_reports"]
+
+
+def default_timesteps(t_max: int) -> list[int]:
+    """1, 2, 4, 8, ... below ``t_max``, then ``t_max`` itself."""
+    ts, t = [], 1
+    while t < t_max:
+        ts.append(t)
+        t *= 2
+    ts.append(t_max)
+    return ts
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate_classifier` measured.
+
+    Attributes:
+        accuracy_per_t: SNN accuracy after t = 1..T steps (``accuracy_per_t[t - 1]``), in [0, 1].
+        ann_accuracy: the ANN's accuracy (the original network, BN folded).
+        ceiling: quantisation-ceiling accuracy at chosen T, ``{T: accuracy}``.
+        energy: spikes, SOPs, MACs and energy per sample at T, averaged over all samples (None if off).
+        samples: the number of evaluated samples.
+        timesteps: T.
+        seconds: wall time of the evaluation.
+    """
+
+    accuracy_per_t: list[float]
+    ann_accuracy: float
+    ceiling: dict[int, float]
+    energy: EnergyReport | None
+    samples: int
+    timesteps: int
+    seconds: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        """Accuracy at the full T."""
+        return self.accuracy_per_t[-1]
+
+    def accuracy_at(self, t: int) -> float:
+        if not 1 <= t <= len(self.accuracy_per_t):
+            raise ValueError(f"t must be in 1..{len(self.accuracy_per_t)}, got {t}")
+        return self.accuracy_per_t[t - 1]
+
+    def rows(self, timesteps: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """Table rows (T, SNN accuracy, ceiling or None) at ``timesteps`` (default 1, 2, 4, ..., T)."""
+        ts = list(timesteps) if timesteps is not None else default_timesteps(self.timesteps)
+        return [{"T": t, "snn": self.accuracy_at(t), "ceiling": self.ceiling.get(t)} for t in ts]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (ceiling keys become strings in JSON; ``per_sample`` lists dropped)."""
+        energy = None
+        if self.energy is not None:
+            energy = self.energy.to_dict()
+            energy.pop("per_sample", None)
+        return {
+            "samples": self.samples,
+            "timesteps": self.timesteps,
+            "accuracy": self.accuracy,
+            "ann_accuracy": self.ann_accuracy,
+            "accuracy_per_t": list(self.accuracy_per_t),
+            "ceiling": {str(t): acc for t, acc in sorted(self.ceiling.items())},
+            "energy": energy,
+            "seconds": self.seconds,
+            "meta": self.meta,
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def to_text(self, timesteps: Sequence[int] | None = None) -> str:
+        """The accuracy table, the ANN and the energy summary, for a terminal."""
+        lines = [f"{'T':>6}  {'SNN acc':>8}  {'ceiling':>8}  {'SNN-ANN':>8}", "-" * 38]
+        for r in self.rows(timesteps):
+            ceil = f"{r['ceiling'] * 100:7.2f}%" if r["ceiling"] is not None else f"{'-':>8}"
+            lines.append(f"{r['T']:>6}  {r['snn'] * 100:7.2f}%  {ceil}  {(r['snn'] - self.ann_accuracy) * 100:+7.2f}")
+        lines.append("-" * 38)
+        lines.append(f"{'ANN':>6}  {self.ann_accuracy * 100:7.2f}%   ({self.samples} samples, {self.seconds:.1f} s)")
+        e = self.energy
+        if e is not None:
+            m = e.energy_model
+            lines += [
+                "",
+                f"per sample at T={self.timesteps}: spikes {e.spikes:,.0f}  SOPs {e.sops:,.0f}  MACs {e.macs:,.0f}"
+                f"  (ANN: {e.ann_macs:,.0f} MACs)",
+                f"energy ({m.name}: {m.e_mac * 1e12:.3g} pJ/MAC, {m.e_ac * 1e12:.3g} pJ/SOP): "
+                f"SNN {_uj(e.snn_energy)}, ANN {_uj(e.ann_energy)}, saving {e.saving * 100:.1f} % vs the ANN",
+            ]
+        return "\n".join(lines)
+
+
+def _uj(joules: float) -> str:
+    return f"{joules * 1e6:.4g} uJ"
+
+
+# -- aggregation -----------------------------------------------------------------------------------
+
+def merge_energy_reports(reports: Sequence[EnergyReport]) -> EnergyReport:
+    """One report over all batches: per-sample quantities averaged with the batch sizes as weights."""
+    if not reports:
+        raise ValueError("no energy reports to merge")
+    n = sum(r.samples for r in reports)
+
+    def avg(values: Iterable[float], weights: Iterable[int]) -> float:
+        return sum(v * w for v, w in zip(values, weights, strict=True)) / n
+
+    weights = [r.samples for r in reports]
+    names = list(dict.fromkeys(layer.name for r in reports for layer in r.layers))
+    layers = []
+    for name in names:
+        rows = [(next((x for x in r.layers if x.name == name), None), r.samples) for r in reports]
+        present = [(x, w) for x, w in rows if x is not None]
+        first = present[0][0]
+        merged = {}
+        for attr in ("spikes", "firing_rate", "sops", "macs"):
+            merged[attr] = sum(getattr(x, attr) * w for x, w in present) / n
+        layers.append(LayerStats(name, first.kind, first.neurons, merged["spikes"], merged["firing_rate"],
+                                 merged["sops"], merged["macs"], first.ann_macs))
+    per_sample: dict[str, list[float]] = {}
+    for r in reports:
+        for k, v in r.per_sample.items():
+            per_sample.setdefault(k, []).extend(v)
+    return EnergyReport(
+        energy_model=reports[0].energy_model,
+        samples=n,
+        mean_steps=avg((r.mean_steps for r in reports), weights),
+        layers=layers,
+        spikes=avg((r.spikes for r in reports), weights),
+        sops=avg((r.sops for r in reports), weights),
+        macs=avg((r.macs for r in reports), weights),
+        neuron_updates=avg((r.neuron_updates for r in reports), weights),
+        ann_macs=reports[0].ann_macs,
+        per_sample=per_sample,
+    )
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+
+def _batches(data: Any, batch_size: int) -> tuple[Iterable, int | None]:
+    """(iterable of (x, y) batches, number of batches if known)."""
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        x, y = data
+        n = x.shape[0]
+        chunks = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
+        return chunks, len(chunks)
+    if isinstance(data, Dataset) and not isinstance(data, DataLoader):
+        loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+        return loader, len(loader)
+    try:
+        total = len(data)
+    except TypeError:
+        total = None
+    return data, total
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    snn: SpikingModel,
+    data: Any,
+    timesteps: int | None = None,
+    *,
+    energy: EnergyModel | str | dict | None = "45nm",
+    progress: bool | None = None,
+    max_batches: int | None = None,
+    ceiling_at: Sequence[int] | None = None,
+    batch_size: int = 256,
+) -> EvalResult:
+    """Accuracy of ``snn`` at every t = 1..T, the ANN's accuracy, the quantisation ceiling and energy.
+
+    Args:
+        snn: a converted model whose output is class scores ``[batch, classes]``.
+        data: a DataLoader (or any iterable) of ``(x, y)`` batches, a Dataset of ``(x, y)`` items, or
+            a pair of tensors ``(x, y)``.
+        timesteps: T (default: the model's ``config.timesteps``).
+        energy: an energy model or preset name (``45nm``, ``neuromorphic``); ``None`` skips counting.
+        progress: show a progress bar (None: only when stderr is a terminal).
+        max_batches: stop after this many batches.
+        ceiling_at: the T values for the quantisation ceiling (default 1, 2, 4, ..., T).
+        batch_size: batch size when ``data`` is a Dataset or a pair of tensors.
+    """
+    timesteps = snn.config.timesteps if timesteps is None else timesteps
+    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps <= 0:
+        raise ConfigError(f"timesteps must be a positive integer, got {timesteps!r}")
+    if max_batches is not None and max_batches <= 0:
+        raise ConfigError(f"max_batches must be a positive integer, got {max_batches!r}")
+    ceiling_ts = sorted(set(ceiling_at if ceiling_at is not None else default_timesteps(timesteps)))
+    if any(t <= 0 for t in ceiling_ts):
+        raise ConfigError(f"ceiling timesteps must be positive, got {ceiling_ts}")
+    energy_model = resolve_energy_model(energy) if energy is not None else None
+
+    batches, total = _batches(data, batch_size)
+    if max_batches is not None and total is not None:
+        total = min(total, max_batches)
+    start = time.perf_counter()
+    correct_t = torch.zeros(timesteps, dtype=torch.long)
+    correct_ann = 0
+    correct_ceiling = dict.fromkeys(ceiling_ts, 0)
+    reports: list[EnergyReport] = []
+    samples = 0
+    snn.eval()
+    for i, batch in enumerate(_progress(batches, total, f"evaluating T={timesteps}", progress)):
+        if max_batches is not None and i >= max_batches:
+            break
+        x, y = _split_batch(batch)
+        y = y.to(snn.device)
+        if energy_model is not None:
+            with SynapticCounter(snn, energy_model) as counter:
+                _, history = snn.run(x, timesteps, return_all=True)
+            reports.append(counter.report())
+        else:
+            _, history = snn.run(x, timesteps, return_all=True)
+        correct_t += (_predict(history) == y.unsqueeze(0)).sum(1).cpu()
+        correct_ann += int((_predict(snn.analog(x, "relu")) == y).sum())
+        for t in ceiling_ts:
+            correct_ceiling[t] += int((_predict(snn.analog(x, "quant", timesteps=t)) == y).sum())
+        samples += int(y.shape[0])
+    if samples == 0:
+        raise ConfigError("evaluation data is empty")
+    return EvalResult(
+        accuracy_per_t=[float(c) / samples for c in correct_t.tolist()],
+        ann_accuracy=correct_ann / samples,
+        ceiling={t: c / samples for t, c in correct_ceiling.items()},
+        energy=merge_energy_reports(reports) if reports else None,
+        samples=samples,
+        timesteps=timesteps,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        x, y = batch[0], batch[1]
+    elif isinstance(batch, dict) and "x" in batch and "y" in batch:
+        x, y = batch["x"], batch["y"]
+    else:
+        raise ConfigError("evaluation batches must be (input, label) pairs")
+    x = torch.as_tensor(x)
+    y = torch.as_tensor(y)
+    if not x.is_floating_point():
+        x = x.float()
+    return x, y.long().reshape(-1)
+
+
+def _predict(scores: Any) -> Tensor:
+    if not isinstance(scores, Tensor):
+        raise ConfigError(f"the model's output must be a tensor of class scores, got {type(scores).__name__}")
+    return scores.argmax(-1)

@@ -1,0 +1,212 @@
+"""Plots and a report page for a converted model and its evaluation.
+
+    from ann2snn.report import write_report
+    write_report("runs/report", result, snn)   # PNGs + report.md (+ report.html)
+
+Plots (matplotlib, Agg backend, so no display is needed):
+
+* ``accuracy.png``: SNN accuracy against T, with the ANN line and the quantisation ceiling;
+* ``energy.png``: per-layer firing rates and synaptic operations (:meth:`EnergyReport.plot`);
+* ``thresholds.png``: the distribution of the thresholds of each neuron layer (one per channel).
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .evaluation import EvalResult, default_timesteps
+from .model import SpikingModel
+
+__all__ = ["plot_accuracy", "plot_thresholds", "write_report"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(result: EvalResult, path: str | os.PathLike, title: str | None = None) -> Path:
+    """SNN accuracy at every t = 1..T (log-2 axis), the ANN's accuracy and the quantisation ceiling."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ts = list(range(1, result.timesteps + 1))
+    ax.plot(ts, [a * 100 for a in result.accuracy_per_t], color="tab:blue", lw=2, label="SNN")
+    if result.ceiling:
+        cts = sorted(result.ceiling)
+        ax.plot(cts, [result.ceiling[t] * 100 for t in cts], "o--", color="tab:green", ms=4,
+                label="quantisation ceiling")
+    ax.axhline(result.ann_accuracy * 100, color="tab:red", ls=":", lw=1.5,
+               label=f"ANN ({result.ann_accuracy * 100:.2f} %)")
+    ax.set_xscale("log", base=2)
+    marks = default_timesteps(result.timesteps)
+    ax.set_xticks(marks, [str(t) for t in marks])
+    ax.set_xlabel("timesteps T")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or f"accuracy against T ({result.samples} samples)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_thresholds(snn: SpikingModel, path: str | os.PathLike) -> Path:
+    """Box plot of each neuron layer's thresholds (one value per channel, or one per layer)."""
+    plt = _plt()
+    neurons = snn.neurons()
+    names = list(neurons)
+    values = [neurons[n].threshold.detach().flatten().cpu().numpy() for n in names]
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.55 * len(names) + 2), 4.2))
+    if names:
+        ax.boxplot(values, showfliers=True, flierprops={"markersize": 2})
+        for i, v in enumerate(values, start=1):  # the channels themselves, jittered
+            jitter = (i + (0.3 * ((v * 7919) % 1) - 0.15)) if len(v) > 1 else [i]
+            ax.plot(jitter, v, ".", color="tab:blue", alpha=0.25, ms=2)
+        ax.set_xticks(range(1, len(names) + 1), names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("threshold θ (per channel)")
+    cfg = snn.config
+    ax.set_title(f"thresholds per layer ({cfg.threshold}, {cfg.granularity}-wise, {cfg.neuron})")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.2f} %"
+
+
+def _sections(result: EvalResult, snn: SpikingModel) -> list[tuple[str, Any]]:
+    """The report's content as (kind, payload) items, rendered to markdown or HTML."""
+    out: list[tuple[str, Any]] = []
+    source = snn.info.get("source", {}) or {}
+    facts = [["evaluated samples", result.samples], ["timesteps T", result.timesteps],
+             ["ANN accuracy", _pct(result.ann_accuracy)], [f"SNN accuracy at T={result.timesteps}", _pct(result.accuracy)]]
+    for key in ("model", "weights", "data", "calib_samples", "created"):
+        if source.get(key) is not None:
+            facts.append([key.replace("_", " "), source[key]])
+    out.append(("h2", "Summary"))
+    out.append(("table", (["", ""], facts)))
+    out.append(("h2", "Accuracy against timesteps"))
+    rows = [[r["T"], _pct(r["snn"]), _pct(r["ceiling"]), f"{(r['snn'] - result.ann_accuracy) * 100:+.2f}"]
+            for r in result.rows()]
+    out.append(("table", (["T", "SNN", "quantisation ceiling", "SNN − ANN (points)"], rows)))
+    out.append(("p", "The gap SNN → ceiling is the unevenness error (spikes arriving unevenly in time); "
+                     "ceiling → ANN is the clipping and quantisation error of the thresholds."))
+    out.append(("img", ("accuracy.png", "accuracy against T")))
+    e = result.energy
+    if e is not None:
+        m = e.energy_model
+        out.append(("h2", "Spikes, synaptic operations and energy"))
+        out.append(("table", (["per sample", "value"], [
+            ["spikes", f"{e.spikes:,.0f}"], ["SOPs", f"{e.sops:,.0f}"], ["MACs (SNN)", f"{e.macs:,.0f}"],
+            ["MACs (ANN)", f"{e.ann_macs:,.0f}"],
+            [f"energy SNN ({m.name})", f"{e.snn_energy * 1e6:.4g} µJ"],
+            [f"energy ANN ({m.name})", f"{e.ann_energy * 1e6:.4g} µJ"],
+            ["saving vs ANN", f"{e.saving * 100:.1f} %"]])))
+        layer_rows = [[r.name, r.kind, r.neurons or "", f"{r.firing_rate:.3f}" if r.kind == "neuron" else "",
+                       f"{r.sops:,.0f}" if r.kind != "neuron" else "", f"{r.macs:,.0f}" if r.kind == "synaptic" else ""]
+                      for r in e.layers]
+        out.append(("table", (["layer", "kind", "neurons", "firing rate", "SOPs", "MACs"], layer_rows)))
+        out.append(("img", ("energy.png", "firing rates and synaptic operations per layer")))
+    out.append(("h2", "Thresholds"))
+    layers = snn.info.get("layers", [])
+    if layers:
+        out.append(("table", (["layer", "channels", "burst cap", "mean clip value", "max clip value", "source"],
+                              [[d.get("name"), d.get("channels"), d.get("cap"), f"{d.get('clip_value_mean', 0):.4g}",
+                                f"{d.get('clip_value_max', 0):.4g}", d.get("source") or ""] for d in layers])))
+    out.append(("img", ("thresholds.png", "thresholds per layer")))
+    out.append(("h2", "Conversion config"))
+    out.append(("code", json.dumps(snn.config.to_dict(), indent=2, default=str)))
+    out.append(("h2", "Conversion info"))
+    info = {k: v for k, v in snn.info.items() if k != "layers"}
+    out.append(("code", json.dumps(info, indent=2, default=str)))
+    return out
+
+
+def _render_md(title: str, items: list[tuple[str, Any]]) -> str:
+    parts = [f"# {title}", ""]
+    for kind, payload in items:
+        if kind == "h2":
+            parts += [f"## {payload}", ""]
+        elif kind == "table":
+            parts += [_md_table(*payload), ""]
+        elif kind == "p":
+            parts += [payload, ""]
+        elif kind == "img":
+            parts += [f"![{payload[1]}]({payload[0]})", ""]
+        elif kind == "code":
+            parts += ["```json", payload, "```", ""]
+    return "\n".join(parts)
+
+
+def _render_html(title: str, items: list[tuple[str, Any]]) -> str:
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.2em .6em}"
+             "pre{background:#f6f6f6;padding:1em;overflow:auto}img{max-width:100%}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for kind, payload in items:
+        if kind == "h2":
+            parts.append(f"<h2>{html.escape(payload)}</h2>")
+        elif kind == "table":
+            parts.append(_html_table(*payload))
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(payload)}</p>")
+        elif kind == "img":
+            parts.append(f"<img src='{html.escape(payload[0])}' alt='{html.escape(payload[1])}'>")
+        elif kind == "code":
+            parts.append(f"<pre>{html.escape(payload)}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(directory: str | os.PathLike, result: EvalResult, snn: SpikingModel, *,
+                 title: str | None = None, html_page: bool = True) -> Path:
+    """Write ``accuracy.png``, ``energy.png``, ``thresholds.png``, ``results.json``, ``report.md`` and
+    (with ``html_page``) ``report.html`` into ``directory`` (created if needed). Returns report.md's path."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    plot_accuracy(result, d / "accuracy.png")
+    if result.energy is not None:
+        result.energy.plot(str(d / "energy.png"))
+    plot_thresholds(snn, d / "thresholds.png")
+    (d / "results.json").write_text(result.to_json(indent=2) + "\n")
+    source = snn.info.get("source", {}) or {}
+    if title is None:
+        what = source.get("model", "spiking model")
+        data = result.meta.get("data") or source.get("data")
+        title = f"ann2snn report: {what}" + (f" on {data}" if data else "")
+    items = _sections(result, snn)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    items.insert(0, ("p", f"Generated by ann2snn on {stamp}."))
+    md = d / "report.md"
+    md.write_text(_render_md(title, items))
+    if html_page:
+        (d / "report.html").write_text(_render_html(title, items))
+    return md
