@@ -1,0 +1,252 @@
+"""Pieces shared by the subcommands: one-line errors, config flags, data and progress options."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+from .. import config as config_module
+from ..config import ConversionConfig
+from ..errors import ConfigError, ConversionError
+
+
+class UsageError(ConversionError):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error becomes a :class:`UsageError` (one line, no usage dump)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(f"{self.prog.removeprefix('ann2snn ')}: {message}" if " " in self.prog else message)
+
+
+def one_line(message: str) -> str:
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    return "; ".join(lines) if lines else "unknown error"
+
+
+# -- argument types --------------------------------------------------------------------------------
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def any_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def float_list(text: str) -> float | list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected a number")
+    return values[0] if len(values) == 1 else values
+
+
+# -- conversion config as flags --------------------------------------------------------------------
+
+def _choices_for(name: str) -> tuple[str, ...] | None:
+    """The allowed values of a config field, from config.py's constants (THRESHOLD_METHODS, NEURONS, ...)."""
+    upper = name.upper()
+    for const in (upper + "S", upper + "_METHODS", upper[:-1] + "IES", upper):
+        value = getattr(config_module, const, None)
+        if isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):
+            return value
+    return None
+
+
+def _field_docs() -> dict[str, str]:
+    """Each field's description from the ``Attributes:`` section of ConversionConfig's docstring."""
+    docs: dict[str, str] = {}
+    current = None
+    in_attrs = False
+    for line in (ConversionConfig.__doc__ or "").splitlines():
+        stripped = line.strip()
+        if stripped == "Attributes:":
+            in_attrs = True
+            continue
+        if not in_attrs or not stripped:
+            continue
+        head, sep, rest = stripped.partition(": ")
+        if sep and head.isidentifier() and len(line) - len(line.lstrip()) <= 8:
+            current = head
+            docs[current] = rest
+        elif current:
+            docs[current] += " " + stripped
+    return {k: v.replace("``", "").rstrip(".").replace("%", "%%") for k, v in docs.items()}
+
+
+_SKIP = {"progress", "extra"}  # progress: --quiet; extra: config file only
+
+
+def config_fields() -> list[tuple[str, Any]]:
+    """(name, resolved type) of every ConversionConfig field that has a flag."""
+    hints = typing.get_type_hints(ConversionConfig)
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(ConversionConfig) if f.name not in _SKIP]
+
+
+def _parser_for(tp: Any):
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), tp) if args else tp
+    if base is bool:
+        def parse(text: str) -> bool | None:
+            low = text.lower()
+            if optional and low == "none":
+                return None
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+        return parse, "BOOL"
+    simple = base if base in (int, float, str) else str
+
+    def parse_simple(text: str):
+        if optional and text.lower() == "none":
+            return None
+        try:
+            return simple(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {simple.__name__}, got {text!r}") from None
+    return parse_simple, {int: "N", float: "X", str: "NAME"}[simple]
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per ConversionConfig field (``--burst-cap`` for ``burst_cap``); default None = unset."""
+    group = parser.add_argument_group("conversion config (also settable in --config FILE; flags win)")
+    defaults = ConversionConfig()
+    docs = _field_docs()
+    for name, tp in config_fields():
+        parse, metavar = _parser_for(tp)
+        choices = _choices_for(name)
+        if choices:
+            metavar = "{" + ",".join(choices) + "}"
+        text = docs.get(name, f"ConversionConfig.{name}")
+        group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", type=parse, default=None,
+                           metavar=metavar, help=f"{text} (default: {getattr(defaults, name)})")
+    group.add_argument("--config", metavar="FILE", help="a .toml (or .yaml, with PyYAML) file of config fields")
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The config fields in a TOML / YAML file: top-level keys, or the ``[conversion]`` table."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file not found: {p}")
+    suffix = p.suffix.lower()
+    if suffix == ".toml":
+        import tomllib
+
+        try:
+            data = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot parse {p}: {one_line(str(exc))}") from exc
+    elif suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"reading {p} needs PyYAML (pip install pyyaml); or write the config as .toml") from None
+        try:
+            data = yaml.safe_load(p.read_text())
+        except Exception as exc:  # noqa: BLE001 - yaml.YAMLError and decoding errors
+            raise ConfigError(f"cannot parse {p}: {one_line(str(exc))}") from exc
+        data = {} if data is None else data
+    else:
+        raise ConfigError(f"config file {p} must end in .toml, .yaml or .yml")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p} must hold a table of config fields, got {type(data).__name__}")
+    for table in ("conversion", "convert", "config"):
+        if isinstance(data.get(table), dict):
+            rest = {k: v for k, v in data.items() if k != table}
+            data = {**rest, **data[table]}
+            break
+    return data
+
+
+def build_config(args: argparse.Namespace) -> ConversionConfig:
+    """ConversionConfig from ``--config FILE`` then the flags (flags override the file)."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(read_config_file(args.config))
+    for name, _tp in config_fields():
+        v = getattr(args, f"cfg_{name}", None)
+        if v is not None:
+            values[name] = v
+    if getattr(args, "quiet", False):
+        values["progress"] = False
+    try:
+        return ConversionConfig.from_dict(values)
+    except TypeError as exc:  # e.g. a TOML table where a number belongs
+        raise ConfigError(f"invalid configuration: {one_line(str(exc))}") from exc
+
+
+# -- shared options --------------------------------------------------------------------------------
+
+def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--data", required=required, metavar="DATA",
+                        help="digits | mnist | fashion-mnist | a .npz with x/y | a folder of images per class")
+    parser.add_argument("--mean", type=float_list, default=None,
+                        help="normalise .npz / folder data: mean (one value or per channel, comma-separated)")
+    parser.add_argument("--std", type=float_list, default=None, help="normalise .npz / folder data: std")
+    parser.add_argument("--batch-size", type=positive_int, default=128, metavar="B", help="batch size (default: 128)")
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars (they only show on a terminal anyway)")
+
+
+def progress_flag(args: argparse.Namespace) -> bool | None:
+    """False with --quiet; None: bars only when stderr is a terminal."""
+    return False if getattr(args, "quiet", False) else None
+
+
+def check_writable_file(path: str) -> Path:
+    """Fail before any long work if ``path`` cannot be written."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UsageError(f"output path {p} is a folder; give a file name such as {p / 'snn.pt'}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {p}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError(f"cannot write {p}: permission denied")
+    return p
+
+
+def check_output_dir(path: str) -> Path:
+    """Fail before any long work if the report folder ``path`` cannot be created or written.
+
+    The folder itself is created only when the report is written, so a failed run leaves nothing.
+    """
+    p = Path(path).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise UsageError(f"report folder {p} exists and is not a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write into report folder {p}: permission denied")
+        return p
+    ancestor = p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"cannot create report folder {p}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot create report folder {p}: {ancestor} is not writable")
+    return p

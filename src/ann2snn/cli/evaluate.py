@@ -1,0 +1,119 @@
+"""``ann2snn evaluate``: accuracy against T, the ANN and the quantisation ceiling, spikes and energy."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import subset
+from ..energy import ENERGY_PRESETS
+from ..evaluation import EvalResult, evaluate_classifier
+from ..loading import LoadError, load_data
+from ..model import SpikingModel
+from ..serialize import load
+from .common import UsageError, add_data_options, add_quiet, check_output_dir, positive_int, progress_flag
+
+HELP = "evaluate a saved spiking model: accuracy at T = 1, 2, 4, ..., the ANN, the ceiling, energy"
+EPILOG = """examples:
+  ann2snn evaluate snn.pt --data digits
+  ann2snn evaluate snn.pt --data fashion-mnist --timesteps 64 --max-samples 2000 --report runs/report
+  ann2snn evaluate snn.pt --json > result.json
+"""
+
+
+def add_eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("snn", metavar="SNN", help="a spiking model saved by `ann2snn convert`")
+    add_data_options(p, required=False)
+    p.add_argument("--timesteps", "-T", type=int, default=None, metavar="T",
+                   help="simulate T steps (default: the model's timesteps); accuracy is shown at 1, 2, 4, ..., T")
+    p.add_argument("--energy", default="45nm", metavar="{" + ",".join(ENERGY_PRESETS) + "}",
+                   help="energy model for the estimate (default: 45nm)")
+    p.add_argument("--max-samples", type=positive_int, default=None, metavar="N",
+                   help="evaluate on a fixed random subset of N test samples")
+    add_quiet(p)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("evaluate", help=HELP, description=HELP, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_eval_options(p)
+    p.add_argument("--json", action="store_true", help="print only JSON (the same as EvalResult.to_dict())")
+    p.add_argument("--report", metavar="DIR", help="also write plots and a report page into DIR")
+    p.set_defaults(run=run)
+    return p
+
+
+def evaluate_from_args(args: argparse.Namespace, report_dir: str | None) -> tuple[SpikingModel, EvalResult, Any]:
+    """Shared by ``evaluate`` and ``report``: validate, load, evaluate."""
+    if args.timesteps is not None and args.timesteps <= 0:
+        raise UsageError(f"--timesteps must be a positive integer, got {args.timesteps}")
+    if args.energy not in ENERGY_PRESETS:
+        raise UsageError(f"unknown energy model {args.energy!r}; choose one of: {', '.join(ENERGY_PRESETS)}")
+    if (args.mean is None) != (args.std is None):
+        raise UsageError("give both --mean and --std, or neither")
+    out_dir = check_output_dir(report_dir) if report_dir else None
+    snn = load(args.snn)
+    source = snn.info.get("source") or {}
+    data_name = args.data or source.get("data")
+    if not data_name:
+        raise UsageError(f"{args.snn} does not record its dataset: give --data")
+    mean, std = args.mean, args.std
+    if mean is None and args.data is None and source.get("normalisation"):
+        mean, std = source["normalisation"].get("mean"), source["normalisation"].get("std")
+    shape = tuple(snn.info.get("example_shape") or ()) or None
+    test = load_data(data_name, "test", input_shape=shape, mean=mean, std=std)
+    full = len(test)
+    if args.max_samples is not None:
+        test = subset(test, args.max_samples, seed=0)
+    _check_fits(snn, test, data_name, shape)
+    result = evaluate_classifier(snn, test, args.timesteps, energy=args.energy, progress=progress_flag(args),
+                                 batch_size=args.batch_size)
+    result.meta.update({"snn": str(args.snn), "data": data_name, "split": "test", "of_samples": full,
+                        "model": source.get("model")})
+    return snn, result, out_dir
+
+
+def _check_fits(snn: SpikingModel, data, data_name: str, shape: tuple | None) -> None:
+    x, y = data.tensors[0], data.tensors[1]
+    if shape is not None and tuple(x.shape[1:]) != shape:
+        raise LoadError(f"data {data_name!r} has input shape {tuple(x.shape[1:])} but the spiking model was "
+                        f"calibrated on {shape}")
+    try:
+        out = snn.analog(x[:2], "relu")
+    except Exception as exc:  # noqa: BLE001 - shape errors come as RuntimeError, ValueError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LoadError(f"data {data_name!r} of input shape {tuple(x.shape[1:])} does not fit the model: {first}") from exc
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise LoadError("evaluate needs a classifier: the model's output must be class scores [batch, classes]")
+    if int(y.max()) >= out.shape[1]:
+        raise LoadError(f"data {data_name!r} has class labels up to {int(y.max())} but the model outputs "
+                        f"only {out.shape[1]} classes")
+
+
+def describe(snn: SpikingModel, result: EvalResult, path: str) -> str:
+    cfg = snn.config
+    source = snn.info.get("source") or {}
+    made = f"{source['model']}, " if source.get("model") else ""
+    subset_note = f" (random subset of {result.meta['of_samples']})" if result.samples < result.meta.get("of_samples", 0) else ""
+    return (f"{Path(path).name}: {made}{len(snn.neurons())} neuron layers, {cfg.neuron} neurons, "
+            f"{cfg.threshold} thresholds ({cfg.granularity}-wise)\n"
+            f"data: {result.meta['data']} test split, {result.samples} samples{subset_note}; T = {result.timesteps}\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    snn, result, out_dir = evaluate_from_args(args, args.report)
+    if args.json:
+        print(result.to_json(indent=2))
+    else:
+        print(describe(snn, result, args.snn))
+        print(result.to_text())
+    if out_dir is not None:
+        from ..report import write_report
+
+        page = write_report(out_dir, result, snn)
+        if not args.json:
+            print(f"\nreport: {page}")
+    return 0
