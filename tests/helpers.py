@@ -54,3 +54,27 @@ class SmallResNet(nn.Module):
         out = torch.relu(out)
         out = F.adaptive_avg_pool2d(out, 1)
         return self.fc(torch.flatten(out, 1))
+
+
+def digits_tensors():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return x, torch.tensor(d.target)
+
+
+def trained_digits_cnn(epochs: int = 8):
+    """A small CNN trained on digits in about a second; returns (model, x_train, y_train, x_test, y_test)."""
+    torch.manual_seed(0)
+    x, y = digits_tensors()
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AvgPool2d(2),
+                          nn.Flatten(), nn.Linear(128, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        for i in range(0, 1400, 50):
+            opt.zero_grad()
+            F.cross_entropy(model(x[i:i + 50]), y[i:i + 50]).backward()
+            opt.step()
+    return model.eval(), x[:1400], y[:1400], x[1400:], y[1400:]

@@ -9,6 +9,7 @@ from .errors import (
     SerializationError,
     UnsupportedOperationError,
 )
+from .iat import calibrate_iat, run_iat
 from .model import SpikingModel
 from .serialize import load, save
 
@@ -16,5 +17,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CalibrationError", "ConfigError", "ConversionConfig", "ConversionError", "SerializationError",
-    "SpikingModel", "UnsupportedOperationError", "adapt", "calibrate", "convert", "load", "prepare", "save", "to_snn",
+    "SpikingModel", "UnsupportedOperationError", "adapt", "calibrate", "calibrate_iat", "run_iat", "convert", "load", "prepare", "save", "to_snn",
 ]

@@ -246,7 +246,9 @@ def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> 
 
     * AdaFire (``neuron="adafire"``): per-layer burst caps, by sensitivity analysis and dynamic
       programming (``burst_alloc="sensitivity"``) or all equal to ``burst_cap`` (``"uniform"``);
-    * ``correction``: bias ("light"), potential ("advanced") or both, layer by layer.
+    * ``correction``: bias ("light"), potential ("advanced") or both, layer by layer;
+    * ``ssc_tau > 0``: Sensitivity Spike Compression;
+    * ``iat``: the Input-aware Adaptive Timesteps exit schedule.
     """
     from .calibration import burst, correction
 
@@ -263,6 +265,14 @@ def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> 
     if cfg.correction != "none":
         snn.info["correction"] = correction.correct(snn, x, cfg.timesteps, cfg.correction, cfg.correction_target,
                                                     progress_bar)
+    if cfg.ssc_tau > 0:
+        from .calibration.ssc import compress
+
+        compress(snn, x, cfg.ssc_tau, cfg.timesteps, metric=cfg.sensitivity_metric, progress=progress_bar)
+    if cfg.iat:
+        from .iat import calibrate_iat
+
+        calibrate_iat(snn, x.split(64), cfg.timesteps, cfg.iat_a, cfg.iat_b, cfg.iat_confidence)
     return snn
 
 

@@ -46,6 +46,11 @@ class ConversionConfig:
         mse_levels: the MSE search quantises to ``T`` levels or to ``T * burst_cap`` (``Tm``) levels.
         adapt_samples: calibration samples kept for sensitivity analysis and corrections.
         correction_target: corrections aim at the ``clip``-ped ANN activations or the plain ``relu`` ones.
+        ssc_tau: Sensitivity Spike Compression allowance tau (0: off): thresholds are scaled layer by
+            layer to cut spikes while the output divergence grows by at most tau * its baseline.
+        iat: calibrate an Input-aware Adaptive Timesteps schedule (stored with the model).
+        iat_a, iat_b: the schedule's constants in theta_t = a + b * exp(min e - e_t).
+        iat_confidence: ``entropy`` (1 - H / log C) or ``prob`` (max probability).
         v0: initial membrane potential as a fraction of the threshold (0.5 = half-threshold start).
         t0: delayed evaluation: the output is averaged over steps t >= t0 only.
         encoding: ``direct`` (analog input every step) or ``poisson`` (rate-coded input spikes).
@@ -73,6 +78,11 @@ class ConversionConfig:
     mse_levels: str = "T"
     adapt_samples: int = 256
     correction_target: str = "clip"
+    ssc_tau: float = 0.0
+    iat: bool = False
+    iat_a: float = 0.6
+    iat_b: float = 0.4
+    iat_confidence: str = "entropy"
     v0: float = 0.5
     t0: int = 0
     encoding: str = "direct"
@@ -94,6 +104,9 @@ class ConversionConfig:
         _choice("sensitivity_metric", self.sensitivity_metric, SENSITIVITY_METRICS)
         _choice("mse_levels", self.mse_levels, MSE_LEVELS)
         _choice("correction_target", self.correction_target, CORRECTION_TARGETS)
+        _choice("iat_confidence", self.iat_confidence, ("entropy", "prob"))
+        if not (self.ssc_tau >= 0):
+            raise ConfigError(f"ssc_tau must be >= 0, got {self.ssc_tau}")
         for name in ("burst_initial", "burst_min", "adapt_samples"):
             _positive_int(name, getattr(self, name))
         if not (self.burst_min <= self.burst_cap <= self.burst_initial):

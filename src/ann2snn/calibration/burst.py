@@ -167,32 +167,38 @@ def multiple_choice_knapsack(costs: Sequence[Sequence[int]], values: Sequence[Se
     return result
 
 
+def solve_budgeted(costs: Sequence[Sequence[float]], values: Sequence[Sequence[float]], budget: float,
+                   resolution: int = 2000) -> list[int] | None:
+    """One option per group minimising sum(values) with sum(costs) <= budget (costs >= 0, floats).
+
+    Costs are discretised to 1/resolution of the budget (rounded down), the knapsack is solved
+    exactly, and the choice is checked against the true costs; if rounding let it overspend, the
+    discrete budget shrinks by one unit and the DP runs again. A returned choice always respects the
+    budget; None means no choice does.
+    """
+    unit = max(budget, 1e-12) / resolution
+    int_costs = [[int(max(c, 0.0) // unit) for c in group] for group in costs]
+    steps = resolution
+    while steps >= 0:
+        picked = multiple_choice_knapsack(int_costs, values, steps)
+        if picked is None:
+            return None
+        if sum(costs[g][i] for g, i in enumerate(picked)) <= budget + 1e-12 * max(1.0, abs(budget)):
+            return picked
+        steps -= 1
+    return None
+
+
 def allocate_caps(table: SensitivityTable, rho: float = 0.95, min_cap: int = 1,
                   resolution: int = 2000) -> dict[str, int]:
-    """Caps minimising total sensitivity with total spikes <= rho * B.
-
-    Spike counts are discretised to 1/resolution of the budget (rounded down), the knapsack is solved
-    exactly, and the choice is checked against the true counts; if rounding let it overspend, the
-    discrete budget shrinks by one unit and the DP runs again. The result always respects the budget.
-    """
-    budget_spikes = rho * table.baseline_spikes
-    unit = max(budget_spikes, 1e-12) / resolution
+    """Caps minimising total sensitivity with total spikes <= rho * B (exact DP, see solve_budgeted)."""
     allowed = [i for i, m in enumerate(table.caps) if m >= min_cap]
     layers = range(len(table.layers))
-    costs = [[int(table.spikes[k][i] // unit) for i in allowed] for k in layers]
+    costs = [[table.spikes[k][i] for i in allowed] for k in layers]
     values = [[table.sensitivity[k][i] for i in allowed] for k in layers]
-    budget = resolution
-    picked = None
-    while budget >= 0:
-        picked = multiple_choice_knapsack(costs, values, budget)
-        if picked is None:
-            break
-        if sum(table.spikes[k][allowed[i]] for k, i in zip(layers, picked, strict=True)) <= budget_spikes:
-            break
-        budget -= 1
-        picked = None
+    picked = solve_budgeted(costs, values, rho * table.baseline_spikes, resolution)
     if picked is None:  # the budget cannot be met: take the cheapest cap of every layer
-        picked = [min(range(len(allowed)), key=lambda i, k=k: table.spikes[k][allowed[i]]) for k in layers]
+        picked = [min(range(len(allowed)), key=lambda i, k=k: costs[k][i]) for k in layers]
     return {name: table.caps[allowed[i]] for name, i in zip(table.layers, picked, strict=True)}
 
 

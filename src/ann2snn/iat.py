@@ -1,0 +1,184 @@
+"""Input-aware Adaptive Timesteps (ALGORITHMS.md §5): each input stops as soon as the network is sure.
+
+At step t a sample's confidence is ``1 - H(p_t) / log C`` (entropy form) or ``max p_t``, with ``p_t``
+the softmax of its output averaged so far; it exits at the first t with confidence above
+``theta_t = a + b * exp(min_t' e_t' - e_t)``, where ``e_t`` is the mean normalised entropy at step t
+on calibration data. Exited samples are dropped from the batch: their neuron states are removed and
+no further work (or synaptic operation) is spent on them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError
+from .model import SpikingModel
+
+CONFIDENCES = ("entropy", "prob")
+
+
+def normalised_entropy(logits: Tensor) -> Tensor:
+    """``H(softmax(logits)) / log C`` per row, in [0, 1]."""
+    logp = torch.log_softmax(logits.flatten(1).float(), dim=1)
+    h = -(logp.exp() * logp).sum(1)
+    return h / math.log(max(logits.shape[1], 2))
+
+
+def confidence(logits: Tensor, kind: str = "entropy") -> Tensor:
+    if kind == "entropy":
+        return 1.0 - normalised_entropy(logits)
+    if kind == "prob":
+        return torch.softmax(logits.flatten(1).float(), dim=1).amax(1)
+    raise ConfigError(f"unknown confidence {kind!r}; choose entropy or prob")
+
+
+@dataclass
+class IATSchedule:
+    """The exit threshold per step, from the mean entropy on calibration data."""
+
+    a: float
+    b: float
+    mean_entropy: list[float]
+    confidence: str = "entropy"
+
+    def thresholds(self) -> list[float]:
+        low = min(self.mean_entropy)
+        return [self.a + self.b * math.exp(low - e) for e in self.mean_entropy]
+
+    def threshold(self, t: int) -> float:
+        """Threshold at step ``t`` (1-based); beyond the calibrated horizon the last one holds."""
+        th = self.thresholds()
+        return th[min(t, len(th)) - 1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IATSchedule:
+        return cls(**d)
+
+
+@torch.no_grad()
+def calibrate_iat(snn: SpikingModel, data: Any, timesteps: int | None = None, a: float = 0.6, b: float = 0.4,
+                  kind: str = "entropy", max_batches: int = 100) -> IATSchedule:
+    """Mean normalised entropy at every step over calibration data; stored in ``snn.info['iat']``."""
+    from .api import iter_inputs
+
+    timesteps = timesteps or snn.config.timesteps
+    sums = torch.zeros(timesteps, dtype=torch.float64)
+    n = 0
+    for i, x in enumerate(iter_inputs(data)):
+        if i >= max_batches:
+            break
+        _, history = snn.run(x, timesteps, return_all=True)
+        ent = torch.stack([normalised_entropy(h) for h in history])  # [T, B]
+        sums += ent.sum(1).double().cpu()
+        n += x.shape[0]
+    if n == 0:
+        raise ConfigError("IAT calibration needs at least one batch")
+    schedule = IATSchedule(a, b, (sums / n).tolist(), kind)
+    snn.info["iat"] = schedule.to_dict()
+    return schedule
+
+
+@dataclass
+class StepState:
+    """What the stream knows after a step, for the samples still running (``active`` indexes them)."""
+
+    t: int
+    active: Tensor
+    mean_output: Tensor
+    confidence: Tensor
+    done: Tensor
+
+
+@dataclass
+class IATResult:
+    output: Tensor  # in input order: each sample's averaged output at its exit step
+    exit_steps: Tensor  # 1-based step at which each sample stopped
+    timesteps: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mean_steps(self) -> float:
+        return float(self.exit_steps.float().mean())
+
+
+class Stream:
+    """Step a batch through the SNN and let finished samples leave.
+
+    ``for state in Stream(snn, x, T, schedule): ...`` yields a :class:`StepState` per step; samples
+    whose ``done`` flag is set are removed from the batch before the next step. ``result()`` gives
+    the outputs in input order.
+    """
+
+    def __init__(self, snn: SpikingModel, x: Tensor, timesteps: int | None = None,
+                 schedule: IATSchedule | None = None, t0: int = 0):
+        if schedule is None:
+            stored = snn.info.get("iat")
+            if not stored:
+                raise ConfigError("no IAT schedule: call ann2snn.iat.calibrate_iat(snn, data) or convert with iat=True")
+            schedule = IATSchedule.from_dict(stored)
+        self.snn, self.schedule = snn, schedule
+        self.timesteps = timesteps or snn.config.timesteps
+        self.x = x.to(snn.device)
+        self.t0 = t0
+        b = x.shape[0]
+        self.active = torch.arange(b, device=self.x.device)
+        self.output: Tensor | None = None
+        self.exit_steps = torch.full((b,), self.timesteps, dtype=torch.long, device=self.x.device)
+
+    def __iter__(self) -> Iterator[StepState]:
+        snn = self.snn
+        snn.reset()
+        for c in snn.counters:
+            c.begin(self.x.shape[0], self.x.device)
+        xa = self.x
+        total = None
+        count = 0
+        try:
+            for t in range(1, self.timesteps + 1):
+                out = snn.step(xa)
+                if total is None or t - 1 == self.t0:
+                    total, count = out, 1
+                else:
+                    total, count = total + out, count + 1
+                mean = total / count
+                if self.output is None:
+                    self.output = torch.zeros((self.x.shape[0], *mean.shape[1:]), dtype=mean.dtype, device=mean.device)
+                conf = confidence(mean, self.schedule.confidence)
+                done = conf > self.schedule.threshold(t) if t - 1 >= self.t0 else torch.zeros_like(conf, dtype=torch.bool)
+                if t == self.timesteps:
+                    done = torch.ones_like(done)
+                yield StepState(t, self.active, mean, conf, done)
+                if done.any():
+                    idx = self.active[done]
+                    self.output[idx] = mean[done]
+                    self.exit_steps[idx] = t
+                    keep = (~done).nonzero().flatten()
+                    if keep.numel() == 0:
+                        break
+                    self.active = self.active[keep]
+                    xa, total = xa[keep], total[keep]
+                    snn.select(keep)
+        finally:
+            snn.reset()
+
+    def result(self) -> IATResult:
+        return IATResult(self.output, self.exit_steps, self.timesteps)
+
+
+@torch.no_grad()
+def run_iat(snn: SpikingModel, x: Tensor, timesteps: int | None = None, schedule: IATSchedule | None = None,
+            t0: int = 0) -> IATResult:
+    """Simulate with per-sample early exit; outputs come back in input order with each exit step."""
+    stream = Stream(snn, x, timesteps, schedule, t0)
+    for _ in stream:
+        pass
+    return stream.result()
