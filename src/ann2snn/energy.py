@@ -143,7 +143,8 @@ class _EventTracer:
         if op == "call_module":
             mod = self.modules[node.target]
             if isinstance(mod, SpikingNeuron):
-                return mod.last_spikes
+                s = mod.last_spikes
+                return s if s.is_floating_point() else s.to(mod.threshold.dtype)
             if isinstance(mod, WEIGHTED_MODULES) or isinstance(mod, RunningMaxPool):
                 return None
             src = self.events(node.args[0])

@@ -117,9 +117,18 @@ class SpikingNeuron(StatefulModule):
             self.has_bias_shift = bool(self.bias_shift.any())
         if self.has_bias_shift:
             x = x + broadcast_channel(self.bias_shift, x.ndim).to(x.dtype)
-        spikes, self.v = NF.burst_step(x, self.v, theta, self.cap)
+        # The same dynamics as NF.burst_step, fused and in place on the state this module owns:
+        # the charge a spike removes is exactly the output it sends on.
+        v = self.v.add_(x)
+        if self.cap == 1:
+            spikes = v >= theta  # bool: counted as 0/1 spikes
+        else:
+            spikes = torch.floor(v / theta).clamp_(0.0, float(self.cap))
+            spikes = torch.where(v >= theta, spikes.clamp_(min=1.0), torch.zeros_like(spikes))
+        out = spikes * theta
+        v.sub_(out)
         self.last_spikes = spikes
-        return spikes * theta
+        return out
 
     def _analog(self, x: Tensor, theta: Tensor) -> Tensor:
         if self.analog == "relu":
@@ -176,7 +185,7 @@ class RunningMaxPool(StatefulModule):
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         if self.analog is not None:
             return self._apply_pool(x, args, kwargs)
-        self.total = x if self.total is None else self.total + x
+        self.total = x.clone() if self.total is None else self.total.add_(x)
         pooled = self._apply_pool(self.total, args, kwargs)
         out = pooled if self.previous is None else pooled - self.previous
         self.previous = pooled
