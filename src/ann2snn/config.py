@@ -64,7 +64,7 @@ class ConversionConfig:
     threshold: str = "ltb"
     granularity: str = "channel"
     percentile: float = 99.99
-    ltb_iters: int = 200
+    ltb_iters: int = 64
     ltb_lr: float = 1.0
     ltb_forward: str = "relu"
     timesteps: int = 32
