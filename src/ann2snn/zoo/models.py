@@ -211,6 +211,7 @@ class ResNet(nn.Module):
         input_size: int = 28,
         widths: Sequence[int] = (16, 32, 64),
         blocks: Sequence[int] = (1, 1, 1),
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         if len(widths) != len(blocks):
@@ -230,10 +231,11 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.inplanes, num_classes)
         _init_weights(self)
-        # Zero-init the last BN of each residual branch (Goyal et al.): blocks start as identity.
-        for m in self.modules():
-            if isinstance(m, BasicBlock):
-                nn.init.zeros_(m.bn2.weight)
+        if zero_init_residual:
+            # Zero-init the last BN of each residual branch (Goyal et al.): blocks start as identity.
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
 
     def _make_layer(self, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
         layers = [BasicBlock(self.inplanes, planes, stride)]
