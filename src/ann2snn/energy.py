@@ -161,11 +161,11 @@ class _EventTracer:
             if isinstance(mod, nn.Upsample) and mod.mode != "nearest":
                 return F.interpolate(src, size=mod.size, scale_factor=mod.scale_factor, mode="nearest")
             return mod(src)
-        args = [self.events(a) if isinstance(a, fx.Node) else a for a in node.args]
-        kwargs = {k: self.events(v) if isinstance(v, fx.Node) else v for k, v in node.kwargs.items()}
-        node_args = [a for a in _flat(list(node.args) + list(node.kwargs.values())) if isinstance(a, fx.Node)]
-        if any(self.memo.get(a, 0) is None for a in node_args if not _is_structural(a)):
+        node_args = node.all_input_nodes
+        if any(self.events(a) is None for a in node_args if not _is_structural(a)):
             return None
+        args = fx.node.map_arg(node.args, self.events)
+        kwargs = fx.node.map_arg(node.kwargs, self.events)
         target = node.target
         if op == "call_function":
             if target in _SCALE_FUNCS:
