@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import load_pretrained, provenance, save, tensors
 
 import ann2snn
@@ -55,6 +54,43 @@ def memory_child(path: str, timesteps: int, batch: int, shape: list[int]) -> Non
     print(json.dumps({"T": timesteps, "peak_bytes": _status("VmHWM"), "base_bytes": base}))
 
 
+def bench_model(name: str, args: argparse.Namespace) -> dict:
+    model, dataset = load_pretrained(name)
+    xc, _ = tensors(dataset, "train", 512, seed=1)
+    x, _ = tensors(dataset, "test", args.batch, seed=3)
+    snn = ann2snn.convert(model, xc.split(128))
+    T = args.timesteps
+    with torch.no_grad():
+        t_ann = median_time(lambda: model(x), args.repeats)
+    t_folded = median_time(lambda: snn.analog(x, "relu"), args.repeats)
+    t_snn = median_time(lambda: snn.run(x, T), args.repeats)
+
+    def counted():
+        with SynapticCounter(snn):
+            snn.run(x, T)
+
+    t_counted = median_time(counted, args.repeats)
+    row = {"batch": args.batch, "T": T, "ann_forward_s": t_ann, "ann_bn_folded_forward_s": t_folded,
+           "snn_run_s": t_snn, "snn_run_counting_s": t_counted,
+           "ratio_vs_T_ann": t_snn / (T * t_ann), "ratio_vs_T_folded_ann": t_snn / (T * t_folded),
+           "counting_overhead": t_counted / t_snn, "memory": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = ann2snn.save(snn, Path(tmp) / "snn.pt")
+        for mt in args.memory_ts:
+            out = subprocess.run([sys.executable, __file__, "--memory-child", str(path), str(mt), str(args.batch),
+                                  json.dumps(list(x.shape[1:]))], capture_output=True, text=True, check=True)
+            row["memory"].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    m = {r["T"]: r["peak_bytes"] - r["base_bytes"] for r in row["memory"]}
+    row["memory_growth_ratio"] = m[max(m)] / max(m[min(m)], 1)
+    peak = {r["T"]: r["peak_bytes"] for r in row["memory"]}
+    row["peak_rss_ratio"] = peak[max(peak)] / peak[min(peak)]
+    print(f"{name}: SNN T={T} {t_snn:.2f}s = {row['ratio_vs_T_ann']:.2f} x T x ANN "
+          f"({row['ratio_vs_T_folded_ann']:.2f} x T x BN-folded ANN); counting x{row['counting_overhead']:.2f}; "
+          f"run memory above baseline " + ", ".join(f"T={k}: {v / 2**20:.1f} MiB" for k, v in m.items())
+          + f"; peak RSS T={max(peak)} / T={min(peak)} = {row['peak_rss_ratio']:.3f}", flush=True)
+    return row
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--models", nargs="+", default=["vgg_fmnist", "resnet_fmnist"])
@@ -73,40 +109,8 @@ def main(argv=None) -> int:
     results = {"provenance": provenance("python benchmarks/bench_simulation.py " + " ".join(argv or sys.argv[1:])),
                "models": {}}
     for name in args.models:
-        model, dataset = load_pretrained(name)
-        xc, _ = tensors(dataset, "train", 512, seed=1)
-        x, _ = tensors(dataset, "test", args.batch, seed=3)
-        snn = ann2snn.convert(model, xc.split(128))
-        T = args.timesteps
-        with torch.no_grad():
-            t_ann = median_time(lambda: model(x), args.repeats)
-        t_folded = median_time(lambda: snn.analog(x, "relu"), args.repeats)
-        t_snn = median_time(lambda: snn.run(x, T), args.repeats)
-
-        def counted():
-            with SynapticCounter(snn):
-                snn.run(x, T)
-
-        t_counted = median_time(counted, args.repeats)
-        row = {"batch": args.batch, "T": T, "ann_forward_s": t_ann, "ann_bn_folded_forward_s": t_folded,
-               "snn_run_s": t_snn, "snn_run_counting_s": t_counted,
-               "ratio_vs_T_ann": t_snn / (T * t_ann), "ratio_vs_T_folded_ann": t_snn / (T * t_folded),
-               "counting_overhead": t_counted / t_snn, "memory": []}
-        with tempfile.TemporaryDirectory() as tmp:
-            path = ann2snn.save(snn, Path(tmp) / "snn.pt")
-            for mt in args.memory_ts:
-                out = subprocess.run([sys.executable, __file__, "--memory-child", str(path), str(mt), str(args.batch),
-                                      json.dumps(list(x.shape[1:]))], capture_output=True, text=True, check=True)
-                row["memory"].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        m = {r["T"]: r["peak_bytes"] - r["base_bytes"] for r in row["memory"]}
-        row["memory_growth_ratio"] = m[max(m)] / max(m[min(m)], 1)
-        peak = {r["T"]: r["peak_bytes"] for r in row["memory"]}
-        row["peak_rss_ratio"] = peak[max(peak)] / peak[min(peak)]
+        row = bench_model(name, args)
         results["models"][name] = row
-        print(f"{name}: SNN T={T} {t_snn:.2f}s = {row['ratio_vs_T_ann']:.2f} x T x ANN "
-              f"({row['ratio_vs_T_folded_ann']:.2f} x T x BN-folded ANN); counting x{row['counting_overhead']:.2f}; "
-              f"run memory above baseline " + ", ".join(f"T={k}: {v / 2**20:.1f} MiB" for k, v in m.items())
-              + f"; peak RSS T={max(peak)} / T={min(peak)} = {row['peak_rss_ratio']:.3f}", flush=True)
         save(args.out, results)
     return 0
 

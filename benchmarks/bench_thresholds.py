@@ -11,7 +11,6 @@ import sys
 import time
 
 import torch
-
 from common import load_pretrained, provenance, save, tensors
 
 import ann2snn
