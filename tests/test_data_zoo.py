@@ -44,6 +44,15 @@ from ann2snn.zoo.training import augment_batch
 # --------------------------------------------------------------------------------------- helpers
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models: one thread is as fast and does not degrade when the CPU is shared."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def write_idx(path, arr: np.ndarray, gz: bool = True) -> None:
     codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C}
     header = struct.pack(">HBB", 0, codes[arr.dtype], arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)

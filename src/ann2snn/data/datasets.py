@@ -170,13 +170,8 @@ def _normalise(x: np.ndarray, mean, std) -> torch.Tensor:
 # --------------------------------------------------------------------------------------- digits
 
 
-def load_digits(split: str = "train", seed: int = 0) -> ArrayDataset:
-    """scikit-learn's 8x8 handwritten digits as ``[N, 1, 8, 8]``, 10 classes.
-
-    Pixels are divided by 16 and normalised with :data:`DIGITS_MEAN`/:data:`DIGITS_STD`. The split is
-    a stratified 80/20 split (1437 train / 360 test for ``seed=0``).
-    """
-    _check_split(split)
+@functools.lru_cache(maxsize=4)
+def _digits_arrays(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits as _sk_load_digits
         from sklearn.model_selection import train_test_split
@@ -187,10 +182,21 @@ def load_digits(split: str = "train", seed: int = 0) -> ArrayDataset:
     d = _sk_load_digits()
     x = d.images.astype(np.float32) / 16.0
     y = d.target.astype(np.int64)
-    train_idx, test_idx = train_test_split(
-        np.arange(len(y)), test_size=0.2, stratify=y, random_state=seed
-    )
-    idx = np.sort(train_idx if split == "train" else test_idx)
+    train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=seed)
+    for a in (x, y):
+        a.flags.writeable = False
+    return x, y, np.sort(train_idx), np.sort(test_idx)
+
+
+def load_digits(split: str = "train", seed: int = 0) -> ArrayDataset:
+    """scikit-learn's 8x8 handwritten digits as ``[N, 1, 8, 8]``, 10 classes.
+
+    Pixels are divided by 16 and normalised with :data:`DIGITS_MEAN`/:data:`DIGITS_STD`. The split is
+    a stratified 80/20 split (1437 train / 360 test for ``seed=0``).
+    """
+    _check_split(split)
+    x, y, train_idx, test_idx = _digits_arrays(seed)
+    idx = train_idx if split == "train" else test_idx
     xt = _normalise(x[idx, None], DIGITS_MEAN, DIGITS_STD)
     return ArrayDataset(
         xt, torch.from_numpy(y[idx]), name="digits", mean=DIGITS_MEAN, std=DIGITS_STD,
