@@ -49,6 +49,8 @@ class EvalResult:
         ann_accuracy: the ANN's accuracy (the original network, BN folded).
         ceiling: quantisation-ceiling accuracy at chosen T, ``{T: accuracy}``.
         energy: spikes, SOPs, MACs and energy per sample at T, averaged over all samples (None if off).
+        sops_per_t / macs_per_t: SOPs and MACs per sample spent during the first t steps, t = 1..T
+            (empty if energy counting is off): the cost of stopping at t.
         samples: the number of evaluated samples.
         timesteps: T.
         seconds: wall time of the evaluation.
@@ -60,6 +62,8 @@ class EvalResult:
     energy: EnergyReport | None
     samples: int
     timesteps: int
+    sops_per_t: list[float] = field(default_factory=list)
+    macs_per_t: list[float] = field(default_factory=list)
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -73,10 +77,25 @@ class EvalResult:
             raise ValueError(f"t must be in 1..{len(self.accuracy_per_t)}, got {t}")
         return self.accuracy_per_t[t - 1]
 
+    def energy_at(self, t: int) -> float | None:
+        """SNN energy per sample (J) if the simulation stops after ``t`` steps (None without counting)."""
+        if self.energy is None or not self.sops_per_t:
+            return None
+        m = self.energy.energy_model
+        return self.macs_per_t[t - 1] * m.e_mac + self.sops_per_t[t - 1] * m.e_ac
+
     def rows(self, timesteps: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        """Table rows (T, SNN accuracy, ceiling or None) at ``timesteps`` (default 1, 2, 4, ..., T)."""
+        """Table rows at ``timesteps`` (default 1, 2, 4, ..., T): T, SNN accuracy, ceiling (or None),
+        SOPs per sample and energy relative to the ANN (None without counting)."""
         ts = list(timesteps) if timesteps is not None else default_timesteps(self.timesteps)
-        return [{"T": t, "snn": self.accuracy_at(t), "ceiling": self.ceiling.get(t)} for t in ts]
+        rows = []
+        for t in ts:
+            e = self.energy_at(t)
+            ann = self.energy.ann_energy if self.energy is not None else 0.0
+            rows.append({"T": t, "snn": self.accuracy_at(t), "ceiling": self.ceiling.get(t),
+                         "sops": self.sops_per_t[t - 1] if self.sops_per_t else None,
+                         "energy_ratio": e / ann if e is not None and ann else None})
+        return rows
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (ceiling keys become strings in JSON; ``per_sample`` lists dropped)."""
@@ -92,6 +111,8 @@ class EvalResult:
             "accuracy_per_t": list(self.accuracy_per_t),
             "ceiling": {str(t): acc for t, acc in sorted(self.ceiling.items())},
             "energy": energy,
+            "sops_per_t": list(self.sops_per_t),
+            "macs_per_t": list(self.macs_per_t),
             "seconds": self.seconds,
             "meta": self.meta,
         }
@@ -101,11 +122,18 @@ class EvalResult:
 
     def to_text(self, timesteps: Sequence[int] | None = None) -> str:
         """The accuracy table, the ANN and the energy summary, for a terminal."""
-        lines = [f"{'T':>6}  {'SNN acc':>8}  {'ceiling':>8}  {'SNN-ANN':>8}", "-" * 38]
+        counted = self.energy is not None and bool(self.sops_per_t)
+        head = f"{'T':>6}  {'SNN acc':>8}  {'ceiling':>8}  {'SNN-ANN':>8}"
+        if counted:
+            head += f"  {'SOPs/sample':>13}  {'energy/ANN':>10}"
+        lines = [head, "-" * len(head)]
         for r in self.rows(timesteps):
             ceil = f"{r['ceiling'] * 100:7.2f}%" if r["ceiling"] is not None else f"{'-':>8}"
-            lines.append(f"{r['T']:>6}  {r['snn'] * 100:7.2f}%  {ceil}  {(r['snn'] - self.ann_accuracy) * 100:+7.2f}")
-        lines.append("-" * 38)
+            line = f"{r['T']:>6}  {r['snn'] * 100:7.2f}%  {ceil}  {(r['snn'] - self.ann_accuracy) * 100:+8.2f}"
+            if counted:
+                line += f"  {r['sops']:>13,.0f}  {r['energy_ratio'] * 100:9.1f}%"
+            lines.append(line)
+        lines.append("-" * len(head))
         lines.append(f"{'ANN':>6}  {self.ann_accuracy * 100:7.2f}%   ({self.samples} samples, {self.seconds:.1f} s)")
         e = self.energy
         if e is not None:
@@ -227,6 +255,8 @@ def evaluate_classifier(
     correct_ann = 0
     correct_ceiling = dict.fromkeys(ceiling_ts, 0)
     reports: list[EnergyReport] = []
+    sops_t = torch.zeros(timesteps, dtype=torch.float64)
+    macs_t = torch.zeros(timesteps, dtype=torch.float64)
     samples = 0
     snn.eval()
     for i, batch in enumerate(_progress(batches, total, f"evaluating T={timesteps}", progress)):
@@ -236,8 +266,15 @@ def evaluate_classifier(
         y = y.to(snn.device)
         if energy_model is not None:
             with SynapticCounter(snn, energy_model) as counter:
-                _, history = snn.run(x, timesteps, return_all=True)
+                cumulative = _CumulativeOps(counter)
+                snn.step_hooks.append(cumulative)  # after the counter's own hook
+                try:
+                    _, history = snn.run(x, timesteps, return_all=True)
+                finally:
+                    snn.step_hooks.remove(cumulative)
             reports.append(counter.report())
+            sops_t += torch.tensor(cumulative.sops, dtype=torch.float64)
+            macs_t += torch.tensor(cumulative.macs, dtype=torch.float64)
         else:
             _, history = snn.run(x, timesteps, return_all=True)
         correct_t += (_predict(history) == y.unsqueeze(0)).sum(1).cpu()
@@ -254,8 +291,24 @@ def evaluate_classifier(
         energy=merge_energy_reports(reports) if reports else None,
         samples=samples,
         timesteps=timesteps,
+        sops_per_t=(sops_t / samples).tolist() if reports else [],
+        macs_per_t=(macs_t / samples).tolist() if reports else [],
         seconds=time.perf_counter() - start,
     )
+
+
+class _CumulativeOps:
+    """A step hook that reads a :class:`SynapticCounter`'s running totals (summed over the batch)."""
+
+    def __init__(self, counter: SynapticCounter):
+        self.counter = counter
+        self.sops: list[float] = []
+        self.macs: list[float] = []
+
+    def __call__(self, _snn: SpikingModel) -> None:
+        layers = self.counter.layers.values()
+        self.sops.append(float(sum(float(la.sops.sum()) for la in layers if la.sops is not None)))
+        self.macs.append(float(sum(float(la.macs.sum()) for la in layers if la.macs is not None)))
 
 
 def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:

@@ -35,11 +35,15 @@ def _plt():
 
 
 def plot_accuracy(result: EvalResult, path: str | os.PathLike, title: str | None = None) -> Path:
-    """SNN accuracy at every t = 1..T (log-2 axis), the ANN's accuracy and the quantisation ceiling."""
+    """SNN accuracy at every t = 1..T (log-2 axis), the ANN's accuracy and the quantisation ceiling;
+    with energy counting, a second panel: accuracy against energy relative to the ANN."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    counted = result.energy is not None and bool(result.sops_per_t)
+    fig, axes = plt.subplots(1, 2 if counted else 1, figsize=(11.5 if counted else 6.4, 4.2), squeeze=False)
+    ax = axes[0][0]
     ts = list(range(1, result.timesteps + 1))
-    ax.plot(ts, [a * 100 for a in result.accuracy_per_t], color="tab:blue", lw=2, label="SNN")
+    acc = [a * 100 for a in result.accuracy_per_t]
+    ax.plot(ts, acc, color="tab:blue", lw=2, label="SNN")
     if result.ceiling:
         cts = sorted(result.ceiling)
         ax.plot(cts, [result.ceiling[t] * 100 for t in cts], "o--", color="tab:green", ms=4,
@@ -54,6 +58,22 @@ def plot_accuracy(result: EvalResult, path: str | os.PathLike, title: str | None
     ax.set_title(title or f"accuracy against T ({result.samples} samples)")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="lower right")
+    if counted:
+        ax2 = axes[0][1]
+        ann = result.energy.ann_energy
+        ratio = [result.energy_at(t) / ann * 100 for t in ts]
+        ax2.plot(ratio, acc, color="tab:blue", lw=2, label="SNN, t = 1..T")
+        for t in marks:
+            ax2.annotate(f"T={t}", (ratio[t - 1], acc[t - 1]), textcoords="offset points", xytext=(4, -10),
+                         fontsize=7)
+            ax2.plot(ratio[t - 1], acc[t - 1], "o", color="tab:blue", ms=3)
+        ax2.axhline(result.ann_accuracy * 100, color="tab:red", ls=":", lw=1.5, label="ANN accuracy")
+        ax2.axvline(100, color="tab:red", ls="--", lw=1, label="ANN energy")
+        ax2.set_xlabel(f"SNN energy per sample, % of the ANN's ({result.energy.energy_model.name})")
+        ax2.set_ylabel("accuracy (%)")
+        ax2.set_title("accuracy against energy")
+        ax2.grid(True, alpha=0.3)
+        ax2.legend(loc="lower right")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -113,9 +133,11 @@ def _sections(result: EvalResult, snn: SpikingModel) -> list[tuple[str, Any]]:
     out.append(("h2", "Summary"))
     out.append(("table", (["", ""], facts)))
     out.append(("h2", "Accuracy against timesteps"))
-    rows = [[r["T"], _pct(r["snn"]), _pct(r["ceiling"]), f"{(r['snn'] - result.ann_accuracy) * 100:+.2f}"]
+    rows = [[r["T"], _pct(r["snn"]), _pct(r["ceiling"]), f"{(r['snn'] - result.ann_accuracy) * 100:+.2f}",
+             "-" if r["sops"] is None else f"{r['sops']:,.0f}", _pct(r["energy_ratio"])]
             for r in result.rows()]
-    out.append(("table", (["T", "SNN", "quantisation ceiling", "SNN − ANN (points)"], rows)))
+    out.append(("table", (["T", "SNN", "quantisation ceiling", "SNN − ANN (points)", "SOPs / sample",
+                           "energy / ANN"], rows)))
     out.append(("p", "The gap SNN → ceiling is the unevenness error (spikes arriving unevenly in time); "
                      "ceiling → ANN is the clipping and quantisation error of the thresholds."))
     out.append(("img", ("accuracy.png", "accuracy against T")))
