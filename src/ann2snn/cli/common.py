@@ -74,7 +74,7 @@ def _choices_for(name: str) -> tuple[str, ...] | None:
 def _field_docs() -> dict[str, str]:
     """Each field's description from the ``Attributes:`` section of ConversionConfig's docstring."""
     docs: dict[str, str] = {}
-    current = None
+    current: list[str] = []
     in_attrs = False
     for line in (ConversionConfig.__doc__ or "").splitlines():
         stripped = line.strip()
@@ -84,11 +84,14 @@ def _field_docs() -> dict[str, str]:
         if not in_attrs or not stripped:
             continue
         head, sep, rest = stripped.partition(": ")
-        if sep and head.isidentifier() and len(line) - len(line.lstrip()) <= 8:
-            current = head
-            docs[current] = rest
+        names = [h.strip() for h in head.split(",")]
+        if sep and all(n.isidentifier() for n in names) and len(line) - len(line.lstrip()) <= 8:
+            current = names
+            for n in names:
+                docs[n] = rest
         elif current:
-            docs[current] += " " + stripped
+            for n in current:
+                docs[n] += " " + stripped
     return {k: v.replace("``", "").rstrip(".").replace("%", "%%") for k, v in docs.items()}
 
 
@@ -134,11 +137,16 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     defaults = ConversionConfig()
     docs = _field_docs()
     for name, tp in config_fields():
+        text = docs.get(name, f"ConversionConfig.{name}")
+        if tp is bool:  # --iat / --no-iat
+            group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", default=None,
+                               action=argparse.BooleanOptionalAction,
+                               help=f"{text} (default: {getattr(defaults, name)})")
+            continue
         parse, metavar = _parser_for(tp)
         choices = _choices_for(name)
         if choices:
             metavar = "{" + ",".join(choices) + "}"
-        text = docs.get(name, f"ConversionConfig.{name}")
         group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", type=parse, default=None,
                            metavar=metavar, help=f"{text} (default: {getattr(defaults, name)})")
     group.add_argument("--config", metavar="FILE", help="a .toml (or .yaml, with PyYAML) file of config fields")
