@@ -137,6 +137,20 @@ def test_config_file_then_flags(capsys, weights, tmp_path):
     assert "percentile thresholds" in stdout
 
 
+def test_iat_flag_and_adaptive_exit_row(capsys, weights, tmp_path):
+    out = tmp_path / "iat.pt"
+    code, _, err = run(capsys, "convert", *weights, "--data", "digits", "--iat", "--out", str(out), *FAST)
+    assert code == 0, err
+    snn = ann2snn.load(out)
+    assert snn.config.iat is True and snn.info["iat"]["mean_entropy"]
+    code, text, err = run(capsys, "evaluate", str(out), "--max-samples", "64", "-q")
+    assert code == 0, err
+    assert any(ln.split()[:1] == ["IAT"] for ln in text.splitlines())
+    code, text, err = run(capsys, "evaluate", str(out), "--max-samples", "64", "--json")
+    iat = json.loads(text)["iat"]
+    assert 1.0 <= iat["mean_steps"] <= 8.0 and 0.0 <= iat["accuracy"] <= 1.0 and iat["energy_ratio"] > 0
+
+
 def test_yaml_config_needs_pyyaml(capsys, weights, tmp_path):
     conf = tmp_path / "conv.yaml"
     conf.write_text("threshold: max\n")

@@ -51,6 +51,9 @@ class EvalResult:
         energy: spikes, SOPs, MACs and energy per sample at T, averaged over all samples (None if off).
         sops_per_t / macs_per_t: SOPs and MACs per sample spent during the first t steps, t = 1..T
             (empty if energy counting is off): the cost of stopping at t.
+        iat: with an Input-aware Adaptive Timesteps schedule (``convert --iat``): accuracy, mean steps
+            per sample, SOPs / MACs per sample and energy relative to the ANN when each sample stops
+            at its own exit step (None without a schedule).
         samples: the number of evaluated samples.
         timesteps: T.
         seconds: wall time of the evaluation.
@@ -64,6 +67,7 @@ class EvalResult:
     timesteps: int
     sops_per_t: list[float] = field(default_factory=list)
     macs_per_t: list[float] = field(default_factory=list)
+    iat: dict[str, Any] | None = None
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -113,6 +117,7 @@ class EvalResult:
             "energy": energy,
             "sops_per_t": list(self.sops_per_t),
             "macs_per_t": list(self.macs_per_t),
+            "iat": self.iat,
             "seconds": self.seconds,
             "meta": self.meta,
         }
@@ -133,6 +138,12 @@ class EvalResult:
             if counted:
                 line += f"  {r['sops']:>13,.0f}  {r['energy_ratio'] * 100:9.1f}%"
             lines.append(line)
+        if self.iat is not None:
+            i = self.iat
+            line = (f"{'IAT':>6}  {i['accuracy'] * 100:7.2f}%  {'':>8}  {(i['accuracy'] - self.ann_accuracy) * 100:+8.2f}")
+            if counted and i.get("sops") is not None:
+                line += f"  {i['sops']:>13,.0f}  {i['energy_ratio'] * 100:9.1f}%"
+            lines.append(line + f"   (adaptive exit: {i['mean_steps']:.2f} steps per sample on average)")
         lines.append("-" * len(head))
         lines.append(f"{'ANN':>6}  {self.ann_accuracy * 100:7.2f}%   ({self.samples} samples, {self.seconds:.1f} s)")
         e = self.energy
@@ -223,6 +234,7 @@ def evaluate_classifier(
     max_batches: int | None = None,
     ceiling_at: Sequence[int] | None = None,
     batch_size: int = 256,
+    iat: bool | None = None,
 ) -> EvalResult:
     """Accuracy of ``snn`` at every t = 1..T, the ANN's accuracy, the quantisation ceiling and energy.
 
@@ -236,6 +248,7 @@ def evaluate_classifier(
         max_batches: stop after this many batches.
         ceiling_at: the T values for the quantisation ceiling (default 1, 2, 4, ..., T).
         batch_size: batch size when ``data`` is a Dataset or a pair of tensors.
+        iat: also evaluate with per-sample early exit (the model's IAT schedule); None: if it has one.
     """
     timesteps = snn.config.timesteps if timesteps is None else timesteps
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps <= 0:
@@ -246,6 +259,11 @@ def evaluate_classifier(
     if any(t <= 0 for t in ceiling_ts):
         raise ConfigError(f"ceiling timesteps must be positive, got {ceiling_ts}")
     energy_model = resolve_energy_model(energy) if energy is not None else None
+    has_schedule = bool(snn.info.get("iat"))
+    if iat and not has_schedule:
+        raise ConfigError("the model has no IAT schedule: convert it with iat=True (ann2snn convert --iat)")
+    use_iat = has_schedule if iat is None else bool(iat)
+    iat_correct, iat_steps, iat_sops, iat_macs = 0, 0.0, 0.0, 0.0
 
     batches, total = _batches(data, batch_size)
     if max_batches is not None and total is not None:
@@ -281,18 +299,42 @@ def evaluate_classifier(
         correct_ann += int((_predict(snn.analog(x, "relu")) == y).sum())
         for t in ceiling_ts:
             correct_ceiling[t] += int((_predict(snn.analog(x, "quant", timesteps=t)) == y).sum())
+        if use_iat:
+            from .iat import run_iat
+
+            if energy_model is not None:
+                with SynapticCounter(snn, energy_model) as counter:
+                    exited = run_iat(snn, x, timesteps)
+                rep = counter.report()
+                iat_sops += rep.sops * rep.samples
+                iat_macs += rep.macs * rep.samples
+            else:
+                exited = run_iat(snn, x, timesteps)
+            iat_correct += int((_predict(exited.output) == y).sum())
+            iat_steps += float(exited.exit_steps.sum())
         samples += int(y.shape[0])
     if samples == 0:
         raise ConfigError("evaluation data is empty")
+    merged = merge_energy_reports(reports) if reports else None
+    iat_result = None
+    if use_iat:
+        iat_result = {"accuracy": iat_correct / samples, "mean_steps": iat_steps / samples,
+                      "sops": None, "macs": None, "energy_ratio": None}
+        if merged is not None:
+            m = merged.energy_model
+            sops, macs = iat_sops / samples, iat_macs / samples
+            iat_result.update(sops=sops, macs=macs,
+                              energy_ratio=(macs * m.e_mac + sops * m.e_ac) / merged.ann_energy if merged.ann_energy else None)
     return EvalResult(
         accuracy_per_t=[float(c) / samples for c in correct_t.tolist()],
         ann_accuracy=correct_ann / samples,
         ceiling={t: c / samples for t, c in correct_ceiling.items()},
-        energy=merge_energy_reports(reports) if reports else None,
+        energy=merged,
         samples=samples,
         timesteps=timesteps,
         sops_per_t=(sops_t / samples).tolist() if reports else [],
         macs_per_t=(macs_t / samples).tolist() if reports else [],
+        iat=iat_result,
         seconds=time.perf_counter() - start,
     )
 

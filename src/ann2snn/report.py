@@ -67,6 +67,9 @@ def plot_accuracy(result: EvalResult, path: str | os.PathLike, title: str | None
             ax2.annotate(f"T={t}", (ratio[t - 1], acc[t - 1]), textcoords="offset points", xytext=(4, -10),
                          fontsize=7)
             ax2.plot(ratio[t - 1], acc[t - 1], "o", color="tab:blue", ms=3)
+        if result.iat is not None and result.iat.get("energy_ratio") is not None:
+            ax2.plot(result.iat["energy_ratio"] * 100, result.iat["accuracy"] * 100, "*", color="tab:purple", ms=12,
+                     label=f"adaptive exit (IAT), {result.iat['mean_steps']:.1f} steps")
         ax2.axhline(result.ann_accuracy * 100, color="tab:red", ls=":", lw=1.5, label="ANN accuracy")
         ax2.axvline(100, color="tab:red", ls="--", lw=1, label="ANN energy")
         ax2.set_xlabel(f"SNN energy per sample, % of the ANN's ({result.energy.energy_model.name})")
@@ -136,6 +139,11 @@ def _sections(result: EvalResult, snn: SpikingModel) -> list[tuple[str, Any]]:
     rows = [[r["T"], _pct(r["snn"]), _pct(r["ceiling"]), f"{(r['snn'] - result.ann_accuracy) * 100:+.2f}",
              "-" if r["sops"] is None else f"{r['sops']:,.0f}", _pct(r["energy_ratio"])]
             for r in result.rows()]
+    if result.iat is not None:
+        i = result.iat
+        rows.append([f"IAT (mean {i['mean_steps']:.2f} steps)", _pct(i["accuracy"]), "-",
+                     f"{(i['accuracy'] - result.ann_accuracy) * 100:+.2f}",
+                     "-" if i.get("sops") is None else f"{i['sops']:,.0f}", _pct(i.get("energy_ratio"))])
     out.append(("table", (["T", "SNN", "quantisation ceiling", "SNN − ANN (points)", "SOPs / sample",
                            "energy / ANN"], rows)))
     out.append(("p", "The gap SNN → ceiling is the unevenness error (spikes arriving unevenly in time); "
