@@ -64,11 +64,11 @@ def vgg_fmnist(**kwargs) -> nn.Module:
                   "cfg": (32, 32, "M", 64, 64, "M", 128, "M"), "hidden": 256, "dropout": 0.3, **kwargs})
 
 
-@register_model("resnet_fmnist", **FMNIST, train={**_FMNIST_TRAIN, "epochs": 6},
-                description="ResNet with 3 BasicBlocks (16-32-64) on Fashion-MNIST")
+@register_model("resnet_fmnist", **FMNIST, train={**_FMNIST_TRAIN, "epochs": 5, "lr": 0.1},
+                description="ResNet-14: 3 stages x 2 BasicBlocks (16-32-64) on Fashion-MNIST")
 def resnet_fmnist(**kwargs) -> nn.Module:
     return ResNet(**{"in_channels": 1, "num_classes": 10, "input_size": 28, "widths": (16, 32, 64),
-                     "blocks": (1, 1, 1), **kwargs})
+                     "blocks": (2, 2, 2), **kwargs})
 
 
 @register_model("mobilenet_fmnist", **FMNIST, train={**_FMNIST_TRAIN, "epochs": 4},
