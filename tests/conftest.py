@@ -1,5 +1,10 @@
-import pytest
-import torch
+import os
+
+# Busy-waiting OpenMP workers slow a shared 2-core machine badly; must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
