@@ -207,8 +207,9 @@ def build_config(args: argparse.Namespace) -> ConversionConfig:
 # -- shared options --------------------------------------------------------------------------------
 
 def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    note = "" if required else " (default: the data the model was converted with)"
     parser.add_argument("--data", required=required, metavar="DATA",
-                        help="digits | mnist | fashion-mnist | a .npz with x/y | a folder of images per class")
+                        help="digits | mnist | fashion-mnist | a .npz with x/y | a folder of images per class" + note)
     parser.add_argument("--mean", type=float_list, default=None,
                         help="normalise .npz / folder data: mean (one value or per channel, comma-separated)")
     parser.add_argument("--std", type=float_list, default=None, help="normalise .npz / folder data: std")
