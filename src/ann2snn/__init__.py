@@ -1,5 +1,11 @@
 """ann2snn: turn a pretrained PyTorch ReLU network into a spiking neural network without training."""
 
+import os as _os
+import sys as _sys
+
+if "torch" not in _sys.modules:  # spinning OpenMP workers stall simulations on shared CPUs
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .api import adapt, calibrate, convert, prepare, to_snn
 from .config import ConversionConfig
 from .errors import (

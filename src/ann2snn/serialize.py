@@ -236,5 +236,6 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = None
     try:
         payload = torch.load(path, map_location=map_location or "cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        raise SerializationError(f"{path} is not a readable ann2snn file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise SerializationError(f"{path} is not a readable ann2snn file ({first[:200]})") from exc
     return from_payload(payload)
