@@ -253,6 +253,8 @@ class SynapticCounter:
         self.steps: Tensor | None = None
         self.batch = 0
         self._handles: list[Any] = []
+        self._const: dict[tuple[int, float], Tensor] = {}
+        self.compacted = False
 
     def _plan(self) -> None:
         """Find synaptic layers, neuron layers and the additions that feed neurons directly."""
@@ -308,11 +310,13 @@ class SynapticCounter:
         self.index = torch.arange(batch, device=device)
         self.steps = torch.zeros(batch, device=device, dtype=torch.float64)
         self.layers = {}
+        self.compacted = False
 
     def select(self, index: Tensor) -> None:
         """Samples outside ``index`` have exited: they stop being counted."""
         if self.index is not None:
             self.index = self.index.index_select(0, index.to(self.index.device))
+            self.compacted = True
 
     def _acc(self, name: str, kind: str, attr: str, values: Tensor) -> LayerCount:
         layer = self.layers.get(name)
@@ -322,15 +326,28 @@ class SynapticCounter:
         if total is None:
             total = torch.zeros(self.batch, device=values.device, dtype=torch.float64)
             setattr(layer, attr, total)
-        total.index_add_(0, self.index, values.to(torch.float64))
+        if self.compacted:
+            total.index_add_(0, self.index, values.to(torch.float64))
+        else:  # no sample has exited: rows line up with the batch
+            total.add_(values)
         return layer
+
+    def _ones(self, value: float) -> Tensor:
+        n = self.index.numel()
+        cached = self._const.get((n, value))
+        if cached is None:
+            cached = self._const[(n, value)] = torch.full((n,), value, device=self.index.device, dtype=torch.float64)
+        return cached
 
     # -- per step --------------------------------------------------------------------------------
     def _on_step(self, snn: SpikingModel) -> None:
         if self.index is None:
             return
         self.events.new_step(snn.last_input)
-        self.steps.index_add_(0, self.index, torch.ones_like(self.index, dtype=torch.float64))
+        if self.compacted:
+            self.steps.index_add_(0, self.index, torch.ones_like(self.index, dtype=torch.float64))
+        else:
+            self.steps.add_(1.0)
         for node in self.neurons:
             mod = self.modules[node.target]
             s = mod.last_spikes
@@ -342,14 +359,13 @@ class SynapticCounter:
             ev = self.events.events(node.args[0])
             if ev is None:
                 macs = dense_macs(mod, in_shape, out_shape)
-                layer = self._acc(node.target, "synaptic", "macs",
-                                  torch.full((self.index.numel(),), float(macs), device=self.index.device))
+                layer = self._acc(node.target, "synaptic", "macs", self._ones(float(macs)))
             else:
                 key = (node.target, in_shape)
                 fan = self._fanout.get(key)
                 if fan is None:
                     fan = self._fanout[key] = fanout_map(mod, torch.Size(in_shape), ev.device).to(ev.dtype)
-                layer = self._acc(node.target, "synaptic", "sops", (ev * fan).flatten(1).sum(1))
+                layer = self._acc(node.target, "synaptic", "sops", ev.flatten(1) @ fan.reshape(-1))
             layer.dense_macs = dense_macs(mod, in_shape, out_shape)
         for node, operands in self.shortcuts:
             total = None
