@@ -1,0 +1,107 @@
+"""Render benchmarks/results/*.json as the markdown tables of docs/benchmarks.md.
+
+    python benchmarks/make_tables.py > /tmp/tables.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def pct(x: float) -> str:
+    return f"{x * 100:.1f}"
+
+
+def prov(d: dict) -> str:
+    p = d["provenance"]
+    return f"`{p['command']}` — commit `{p['commit']}`, {p['date']}, {p['machine']}, torch {p['torch']}"
+
+
+def thresholds(d: dict) -> list[str]:
+    out = [prov(d), ""]
+    for model, e in d["models"].items():
+        ts = list(next(iter(e["methods"].values()))["accuracy"])
+        out.append(f"**{model}** — ANN {pct(e['ann_accuracy'])} % on the same {e['test_samples']} test images; "
+                   "each cell: SNN accuracy / quantisation ceiling (%)")
+        out.append("")
+        out.append("| method | " + " | ".join(f"T={t}" for t in ts) + " |")
+        out.append("|---|" + "---|" * len(ts))
+        for m, row in e["methods"].items():
+            out.append(f"| {m} | " + " | ".join(f"{pct(row['accuracy'][t])} / {pct(row['ceiling'][t])}" for t in ts) + " |")
+        out.append("")
+    return out
+
+
+def adafire(d: dict) -> list[str]:
+    out = [prov(d), ""]
+    for model, e in d["models"].items():
+        cfgs = e["configs"]
+        ts = list(next(iter(cfgs.values())))
+        out.append(f"**{model}** — ANN {pct(e['ann_accuracy'])} % on the same {e['test_samples']} test images; "
+                   "each cell: accuracy / ceiling (%), SOPs per image (millions)")
+        out.append("")
+        out.append("| config | " + " | ".join(f"T={t}" for t in ts) + " |")
+        out.append("|---|" + "---|" * len(ts))
+        for c, rows in cfgs.items():
+            out.append(f"| {c} | " + " | ".join(
+                f"{pct(rows[t]['accuracy'])} / {pct(rows[t]['ceiling'])}, {rows[t]['sops'] / 1e6:.1f} M" for t in ts) + " |")
+        caps = {c: {t: rows[t].get("caps") for t in ts} for c, rows in cfgs.items() if any(r.get("caps") for r in rows.values())}
+        if caps:
+            out.append("")
+            out.append("Burst caps chosen (layer order): " + "; ".join(
+                f"{c} T={t}: {list(v.values())}" for c, per in caps.items() for t, v in per.items() if v))
+        out.append("")
+    return out
+
+
+def simulation(d: dict) -> list[str]:
+    out = [prov(d), "", "| model | T | SNN / (T x ANN) | SNN / (T x BN-folded ANN) | counting on / off | "
+           "peak RSS T=256 / T=16 | run memory above baseline (MiB) |", "|---|---|---|---|---|---|---|"]
+    for model, r in d["models"].items():
+        mem = ", ".join(f"T={m['T']}: {(m['peak_bytes'] - m['base_bytes']) / 2**20:.0f}" for m in r["memory"])
+        out.append(f"| {model} | {r['T']} | {r['ratio_vs_T_ann']:.2f} | {r['ratio_vs_T_folded_ann']:.2f} | "
+                   f"{r['counting_overhead']:.2f} | {r['peak_rss_ratio']:.3f} | {mem} |")
+    return out + [""]
+
+
+def ssc_iat(d: dict) -> list[str]:
+    out = [prov(d), ""]
+    for model, e in d["models"].items():
+        out.append(f"**{model}** (base: {e['base']})")
+        out.append("")
+        out.append("| SSC tau | accuracy % | SOPs / image | saving vs ANN (45 nm) | scales |")
+        out.append("|---|---|---|---|---|")
+        for tau, r in e["ssc"].items():
+            out.append(f"| {tau} | {pct(r['accuracy'])} | {r['sops'] / 1e6:.2f} M | {pct(r['saving'])} % | "
+                       f"{', '.join(f'{v:g}' for v in r['scales'].values())} |")
+        out.append("")
+        out.append("| IAT T | accuracy % (full run) | mean steps (% of T) | wall time vs full | SOPs / image (full) | "
+                   "saving vs ANN (full) |")
+        out.append("|---|---|---|---|---|---|")
+        for t, r in e["iat"].items():
+            out.append(f"| {t} | {pct(r['accuracy'])} ({pct(r['full_accuracy'])}) | {r['mean_steps']:.2f} "
+                       f"({r['mean_steps'] / int(t) * 100:.0f} %) | {r['wall_ratio']:.2f} | {r['sops'] / 1e6:.2f} M "
+                       f"({r['full_sops'] / 1e6:.2f} M) | {pct(r['saving'])} % ({pct(r['full_saving'])} %) |")
+        out.append("")
+    return out
+
+
+RENDER = {"thresholds": thresholds, "adafire": adafire, "simulation": simulation, "ssc_iat": ssc_iat}
+
+
+def main() -> int:
+    for path in sorted(RESULTS.glob("*.json")):
+        d = json.loads(path.read_text())
+        kind = next((k for k in RENDER if path.stem.startswith(k)), None)
+        if kind:
+            print(f"<!-- {path.name} -->")
+            print("\n".join(RENDER[kind](d)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
