@@ -11,7 +11,7 @@ import sys
 import time
 
 import torch
-from common import load_pretrained, provenance, save, tensors
+from common import provenance, save, setup_classifier
 
 import ann2snn
 from ann2snn.evaluation import evaluate_classifier
@@ -39,11 +39,7 @@ def main(argv=None) -> int:
     results = {"provenance": provenance("python benchmarks/bench_thresholds.py " + " ".join(argv or sys.argv[1:])),
                "models": {}}
     for name in args.models:
-        model, dataset = load_pretrained(name)
-        xc, _ = tensors(dataset, "train", args.calib_samples, seed=1)
-        xt, yt = tensors(dataset, "test", args.test_samples, seed=2)
-        with torch.no_grad():
-            ann_acc = float((model(xt).argmax(1) == yt).float().mean())
+        model, xc, xt, yt, ann_acc = setup_classifier(name, args.calib_samples, args.test_samples)
         entry = {"ann_accuracy": ann_acc, "test_samples": len(yt), "methods": {}}
         for method in args.methods:
             cfg = dict(METHODS[method], granularity=args.granularity)

@@ -51,3 +51,13 @@ def save(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=1, default=float))
     return path
+
+
+def setup_classifier(name: str, calib_samples: int, test_samples: int):
+    """The pretrained model, calibration inputs, a fixed test subset and the ANN's accuracy on it."""
+    model, dataset = load_pretrained(name)
+    xc, _ = tensors(dataset, "train", calib_samples, seed=1)
+    xt, yt = tensors(dataset, "test", test_samples, seed=2)
+    with torch.no_grad():
+        ann_acc = float((model(xt).argmax(1) == yt).float().mean())
+    return model, xc, xt, yt, ann_acc

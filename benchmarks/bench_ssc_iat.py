@@ -1,0 +1,110 @@
+"""Issue 7 benchmark: Sensitivity Spike Compression (SOPs against accuracy over tau) and
+Input-aware Adaptive Timesteps (accuracy, mean steps, wall time against the full run, same process).
+
+    python benchmarks/bench_ssc_iat.py --models vgg_fmnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+from common import load_pretrained, provenance, save, tensors
+
+import ann2snn
+from ann2snn.energy import SynapticCounter
+from ann2snn.evaluation import evaluate_classifier
+from ann2snn.iat import calibrate_iat, run_iat
+
+
+def timed_iat(snn, xt, yt, T, batch=250):
+    correct, steps, sops, macs, ann_macs = 0, [], 0.0, 0.0, 0.0
+    t = time.perf_counter()
+    for i in range(0, len(yt), batch):
+        with SynapticCounter(snn) as c:
+            res = run_iat(snn, xt[i:i + batch], T)
+        rep = c.report()
+        n = len(res.exit_steps)
+        correct += int((res.output.argmax(1) == yt[i:i + batch]).sum())
+        steps.append(res.exit_steps)
+        sops, macs, ann_macs = sops + rep.sops * n, macs + rep.macs * n, ann_macs + rep.ann_macs * n
+        energy = rep.energy_model
+    seconds = time.perf_counter() - t
+    n = len(yt)
+    e_snn = (macs * energy.e_mac + sops * energy.e_ac) / n
+    return {"accuracy": correct / n, "mean_steps": float(torch.cat(steps).float().mean()), "seconds": seconds,
+            "sops": sops / n, "macs": macs / n, "saving": 1 - e_snn / (ann_macs / n * energy.e_mac),
+            "exit_histogram": torch.bincount(torch.cat(steps), minlength=T + 1)[1:].tolist()}
+
+
+def timed_full(snn, xt, yt, T, batch=250):
+    t = time.perf_counter()
+    correct = 0
+    for i in range(0, len(yt), batch):
+        correct += int((snn.run(xt[i:i + batch], T).argmax(1) == yt[i:i + batch]).sum())
+    return {"accuracy": correct / len(yt), "seconds": time.perf_counter() - t}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--models", nargs="+", default=["vgg_fmnist"])
+    p.add_argument("--test-samples", type=int, default=1000)
+    p.add_argument("--calib-samples", type=int, default=1024)
+    p.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0, 4.0])
+    p.add_argument("--ssc-t", type=int, default=16)
+    p.add_argument("--iat-ts", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--base", default="adafire", choices=["if", "adafire"])
+    p.add_argument("--out", default="ssc_iat")
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    results = {"provenance": provenance("python benchmarks/bench_ssc_iat.py " + " ".join(argv or sys.argv[1:])),
+               "models": {}}
+    base = dict(threshold="mse", adapt_samples=128)
+    if args.base == "adafire":
+        base.update(neuron="adafire", correction="advanced")
+    for name in args.models:
+        model, dataset = load_pretrained(name)
+        xc, _ = tensors(dataset, "train", args.calib_samples, seed=1)
+        xt, yt = tensors(dataset, "test", args.test_samples, seed=2)
+        entry = {"base": base, "ssc": {}, "iat": {}}
+        # SSC: one conversion, then the table is reused for every tau (choose_scales on a copy)
+        snn = ann2snn.convert(model, xc.split(128), timesteps=args.ssc_t, **base)
+        from ann2snn.calibration.ssc import apply_scales, choose_scales, ssc_table
+
+        table = ssc_table(snn, xc[:128], args.ssc_t)
+        original = {n: (m.threshold.clone(), m.v0_offset.clone()) for n, m in snn.neurons().items()}
+        for tau in args.taus:
+            for n, m in snn.neurons().items():
+                m.threshold.copy_(original[n][0])
+                m.v0_offset.copy_(original[n][1])
+            scales = choose_scales(table, tau)
+            apply_scales(snn, scales)
+            res = evaluate_classifier(snn, (xt, yt), args.ssc_t, ceiling_at=[args.ssc_t], batch_size=250)
+            entry["ssc"][tau] = {"accuracy": res.accuracy, "sops": res.energy.sops, "spikes": res.energy.spikes,
+                                 "saving": res.energy.saving, "scales": scales}
+            print(f"{name} SSC T={args.ssc_t} tau={tau:<5} acc {res.accuracy * 100:5.1f}  SOPs {res.energy.sops:12,.0f}"
+                  f"  saving {res.energy.saving * 100:5.1f} %  scales {scales}", flush=True)
+        for T in args.iat_ts:
+            snn = ann2snn.convert(model, xc.split(128), timesteps=T, **base)
+            calibrate_iat(snn, xc.split(128), T)
+            full = timed_full(snn, xt, yt, T)
+            with SynapticCounter(snn) as c:
+                snn.run(xt[:250], T)
+            iat = timed_iat(snn, xt, yt, T)
+            iat.update(full_accuracy=full["accuracy"], full_seconds=full["seconds"],
+                       wall_ratio=iat["seconds"] / full["seconds"], full_sops=c.report().sops,
+                       full_saving=c.report().saving)
+            entry["iat"][T] = iat
+            print(f"{name} IAT T={T}: acc {iat['accuracy'] * 100:.1f} (full {full['accuracy'] * 100:.1f}), mean steps "
+                  f"{iat['mean_steps']:.2f} ({iat['mean_steps'] / T * 100:.0f} % of T), wall x{iat['wall_ratio']:.2f}, "
+                  f"SOPs {iat['sops']:,.0f} vs {c.report().sops:,.0f}, saving {iat['saving'] * 100:.1f} % "
+                  f"(full {c.report().saving * 100:.1f} %)", flush=True)
+        results["models"][name] = entry
+        save(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
