@@ -248,3 +248,15 @@ def test_bad_inputs_give_clear_errors():
         snn.run(torch.randn(2, 6), timesteps=-1)
     with pytest.raises(ann2snn.SerializationError):
         ann2snn.load("/nonexistent/file.pt")
+
+
+def test_percentile_on_a_wide_layer_beyond_quantile_size_limits():
+    model = nn.Sequential(nn.Linear(4, 1200), nn.ReLU(), nn.Linear(1200, 2)).eval()
+    x = torch.randn(16000, 4)
+    prepared = ann2snn.prepare(model, threshold="percentile", percentile=99.0, sample_size=16000)
+    ann2snn.calibrate(prepared, x.split(4000))
+    obs = next(iter(ann2snn.api.observers(prepared).values()))
+    act = torch.relu(model[0](x)).detach()
+    positive = torch.where(act > 0, act, torch.full_like(act, float("nan")))
+    expected = torch.nan_to_num(torch.nanquantile(positive[:, :10], 0.99, dim=0), nan=0.0)
+    assert torch.allclose(obs.result[:10], expected, rtol=1e-4, atol=1e-5)

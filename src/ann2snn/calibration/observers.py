@@ -141,7 +141,10 @@ class ThresholdObserver(nn.Module):
     def _percentile(self) -> Tensor:
         values = self.sample.clone()
         values[values <= 0] = float("nan")
-        q = torch.nanquantile(values, self.percentile / 100.0, dim=0)
+        # torch's quantile refuses inputs above 2**24 elements: go through the channels in chunks
+        step = max(1, (1 << 24) // max(1, values.shape[0]))
+        q = torch.cat([torch.nanquantile(values[:, i:i + step], self.percentile / 100.0, dim=0)
+                       for i in range(0, values.shape[1], step)])
         return torch.nan_to_num(q, nan=0.0)
 
     def _mse_search(self) -> Tensor:
