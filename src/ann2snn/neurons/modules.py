@@ -73,6 +73,7 @@ class SpikingNeuron(StatefulModule):
         self.v: Tensor | None = None
         self.last_spikes: Tensor | None = None
         self.has_bias_shift = False
+        self._theta_cache: tuple | None = None
 
     def extra_repr(self) -> str:
         kind = "IF" if self.cap == 1 else f"AdaFire(cap={self.cap})"
@@ -93,11 +94,19 @@ class SpikingNeuron(StatefulModule):
         self.cap = int(cap)
         self.threshold.copy_(clip_value / self.cap)
 
-    def effective_threshold(self, ndim: int) -> Tensor:
+    def effective_threshold(self, ndim: int, dtype: torch.dtype | None = None) -> Tensor:
+        """The threshold shaped to broadcast over an ``ndim`` input; cached until the buffer changes
+        (any in-place update bumps its version counter)."""
         theta = self.threshold
+        key = (ndim, dtype, theta.device, theta.data_ptr(), theta._version)
+        if self._theta_cache is not None and self._theta_cache[0] == key:
+            return self._theta_cache[1]
         # A channel that never activated on calibration data gets threshold 0: it must stay silent.
-        theta = torch.where(theta > 0, theta, torch.full_like(theta, 1e30))
-        return broadcast_channel(theta, ndim)
+        out = broadcast_channel(torch.where(theta > 0, theta, torch.full_like(theta, 1e30)), ndim)
+        if dtype is not None:
+            out = out.to(dtype)
+        self._theta_cache = (key, out)
+        return out
 
     def reset(self) -> None:
         self.v = None
@@ -108,7 +117,7 @@ class SpikingNeuron(StatefulModule):
             self.v = self.v.index_select(0, index)
 
     def forward(self, x: Tensor) -> Tensor:
-        theta = self.effective_threshold(x.ndim).to(x.dtype)
+        theta = self.effective_threshold(x.ndim, x.dtype)
         if self.analog is not None:
             return self._analog(x, theta)
         if self.v is None:
