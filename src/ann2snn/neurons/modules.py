@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..passes.patterns import resolve_function
 from . import functional as NF
 
 ANALOG_MODES = ("relu", "clip", "quant")
@@ -168,6 +169,8 @@ class RunningMaxPool(StatefulModule):
             raise ValueError("RunningMaxPool needs exactly one of pool / function")
         self.pool = pool
         self.function = function
+        # resolved once here, not on every step
+        self._function = resolve_function(function) if function is not None else None
         self.analog: str | None = None
         self.total: Tensor | None = None
         self.previous: Tensor | None = None
@@ -178,9 +181,7 @@ class RunningMaxPool(StatefulModule):
     def _apply_pool(self, x: Tensor, args: tuple, kwargs: dict) -> Tensor:
         if self.pool is not None:
             return self.pool(x)
-        from ..passes.patterns import resolve_function
-
-        return resolve_function(self.function)(x, *args, **kwargs)
+        return self._function(x, *args, **kwargs)
 
     def reset(self) -> None:
         self.total = None
