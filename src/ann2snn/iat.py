@@ -67,7 +67,11 @@ class IATSchedule:
 @torch.no_grad()
 def calibrate_iat(snn: SpikingModel, data: Any, timesteps: int | None = None, a: float = 0.6, b: float = 0.4,
                   kind: str = "entropy", max_batches: int = 100) -> IATSchedule:
-    """Mean normalised entropy at every step over calibration data; stored in ``snn.info['iat']``."""
+    """Mean normalised entropy at every step over calibration data; stored in ``snn.info['iat']``.
+
+    Under ``torch.distributed`` each rank gives its share of the data; the sums are all-reduced.
+    """
+    from . import distributed as D
     from .api import iter_inputs
 
     timesteps = timesteps or snn.config.timesteps
@@ -76,10 +80,15 @@ def calibrate_iat(snn: SpikingModel, data: Any, timesteps: int | None = None, a:
     for i, x in enumerate(iter_inputs(data)):
         if i >= max_batches:
             break
+        if x.shape[0] == 0:  # a rank's share can be empty
+            continue
         _, history = snn.run(x, timesteps, return_all=True)
         ent = torch.stack([normalised_entropy(h) for h in history])  # [T, B]
         sums += ent.sum(1).double().cpu()
         n += x.shape[0]
+    if D.is_distributed():
+        reduced = D.all_reduce_sum(torch.cat([sums, torch.tensor([float(n)], dtype=torch.float64)]))
+        sums, n = reduced[:-1], int(reduced[-1])
     if n == 0:
         raise ConfigError("IAT calibration needs at least one batch")
     schedule = IATSchedule(a, b, (sums / n).tolist(), kind)
