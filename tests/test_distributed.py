@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils.data import TensorDataset
 
 import ann2snn
 from ann2snn import distributed as D
@@ -64,6 +65,10 @@ def measure(model, xc, xt, yt):
     }
     result = evaluate_classifier(snn, (xt, yt), 6, batch_size=30)  # 97 samples: 49 / 48 per rank
     out["eval"] = result.to_dict()
+    # a Dataset (split by index) and a plain list of batches (split batch by batch, 4 / 3 per rank)
+    out["eval_dataset"] = evaluate_classifier(snn, TensorDataset(xt, yt), 6, batch_size=30, energy=None).to_dict()
+    listed = list(zip(xt.split(14), yt.split(14), strict=True))
+    out["eval_batches"] = evaluate_classifier(snn, listed, 6, energy=None).to_dict()
     return out
 
 
@@ -113,7 +118,7 @@ def test_every_rank_ends_with_the_same_result(runs):
     _, ranks = runs
     for other in ranks[1:]:
         for key in ranks[0]:
-            if key != "eval":  # wall time differs
+            if not key.startswith("eval"):  # wall time differs
                 assert_close(ranks[0][key], other[key], key, exact=True)
 
 
@@ -143,14 +148,15 @@ def test_sensitivity_caps_corrections_ssc_iat_equal_one_process(runs):
     assert any(float(t.abs().max()) > 0 for t in a["bias_shift"])  # the correction did something
 
 
-def test_evaluation_equals_one_process(runs):
+@pytest.mark.parametrize("key", ["eval", "eval_dataset", "eval_batches"])
+def test_evaluation_equals_one_process(runs, key):
     single, ranks = runs
-    a, b = dict(single["eval"]), dict(ranks[0]["eval"])
+    a, b = dict(single[key]), dict(ranks[0][key])
     a.pop("seconds"), b.pop("seconds")
     assert a["samples"] == b["samples"] == 97
-    for key in ("accuracy_per_t", "ann_accuracy", "ceiling", "sops_per_t", "macs_per_t"):
-        assert a[key] == b[key], key  # ratios of exact integer counts
-    assert_close(a, b, "eval")
+    for k in ("accuracy_per_t", "ann_accuracy", "ceiling", "sops_per_t", "macs_per_t"):
+        assert a[k] == b[k], k  # ratios of exact integer counts
+    assert_close(a, b, key)
 
 
 def test_shard_range_splits_without_padding():
