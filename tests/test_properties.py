@@ -298,3 +298,24 @@ def test_replaced_tensors_are_rejected_with_a_clear_error(tmp_path_factory, whic
         return
     assert reseal or same
     snn.run(torch.randn(2, 1, 8, 8), 2)
+
+
+@given(st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=3), st.sampled_from(["ltb", "mse", "percentile", "max"]),
+       st.sampled_from(["channel", "layer"]), st.sampled_from(["if", "adafire"]),
+       st.sampled_from(["none", "light", "advanced"]), st.sampled_from([0.0, 1e-3, 1.0, 100.0]), st.integers(1, 9),
+       st.integers(0, 2**16))
+def test_random_networks_and_methods_convert_to_a_finite_snn(blocks, method, granularity, neuron, correction, scale,
+                                                             batch, seed):
+    """Any supported net, any method combination, calibration data of any scale (all zeros included)
+    and any batch size: a spiking model with finite outputs, or a ConversionError; nothing else."""
+    torch.manual_seed(seed)
+    model = build(blocks)
+    x = torch.randn(batch, 1, 8, 8) * scale
+    try:
+        snn = ann2snn.convert(model, x.split(4), threshold=method, granularity=granularity, neuron=neuron,
+                              correction=correction, timesteps=4, ltb_iters=3, burst_cap=2, burst_initial=2,
+                              adapt_samples=4, progress=False)
+    except ConversionError:
+        return
+    out = snn.run(torch.randn(3, 1, 8, 8), 4)
+    assert out.shape == (3, 3) and torch.isfinite(out).all()
