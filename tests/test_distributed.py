@@ -63,7 +63,7 @@ def measure(model, xc, xt, yt):
         "ssc_table": snn.info["ssc"]["table"],
         "iat": snn.info["iat"],
     }
-    result = evaluate_classifier(snn, (xt, yt), 6, batch_size=30)  # 97 samples: 49 / 48 per rank
+    result = evaluate_classifier(snn, (xt, yt), 6, batch_size=30)  # batches of 30, 30 | 30, 7 per rank
     out["eval"] = result.to_dict()
     # a Dataset (split by index) and a plain list of batches (split batch by batch, 4 / 3 per rank)
     out["eval_dataset"] = evaluate_classifier(snn, TensorDataset(xt, yt), 6, batch_size=30, energy=None).to_dict()
@@ -156,7 +156,10 @@ def test_evaluation_equals_one_process(runs, key):
     assert a["samples"] == b["samples"] == 97
     for k in ("accuracy_per_t", "ann_accuracy", "ceiling", "sops_per_t", "macs_per_t"):
         assert a[k] == b[k], k  # ratios of exact integer counts
-    assert_close(a, b, key)
+    if key == "eval_batches":  # energy reports merged in another order: equal to rounding
+        assert_close(a, b, key)
+    else:  # ranks evaluate whole batches, the very ones one process makes: the same numbers
+        assert a == b
 
 
 def test_shard_range_splits_without_padding():

@@ -209,18 +209,25 @@ def merge_energy_reports(reports: Sequence[EnergyReport]) -> EnergyReport:
 
 def _batches(data: Any, batch_size: int, max_batches: int | None, shard: bool) -> tuple[Iterable, int | None]:
     """(iterable of this rank's ``(x, y)`` batches, their number if known), streamed: nothing is
-    copied or loaded ahead. Distributed (with ``shard``), a Dataset or tensor pair is split by index
-    (each rank reads only its samples) and any other iterable batch by batch (round robin)."""
+    copied or loaded ahead. Distributed (with ``shard``), a Dataset or tensor pair is split into
+    contiguous runs of whole batches (each rank reads only its samples, and every batch is the batch
+    one process would make, so per-batch results are bit-identical); any other iterable is split
+    batch by batch (round robin)."""
     split = shard and D.is_distributed()
+
+    def sample_range(n: int) -> tuple[int, int]:
+        first, last = D.shard_range(-(-n // batch_size)) if split else (0, -(-n // batch_size))
+        return min(first * batch_size, n), min(last * batch_size, n)
+
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         x, y = data
         n = x.shape[0] if max_batches is None else min(x.shape[0], max_batches * batch_size)
-        start, stop = D.shard_range(n) if split else (0, n)
+        start, stop = sample_range(n)
         starts = range(start, stop, batch_size)
         return ((x[i:min(i + batch_size, stop)], y[i:min(i + batch_size, stop)]) for i in starts), len(starts)
     if isinstance(data, Dataset) and not isinstance(data, (DataLoader, IterableDataset)):
         n = len(data) if max_batches is None else min(len(data), max_batches * batch_size)
-        start, stop = D.shard_range(n) if split else (0, n)
+        start, stop = sample_range(n)
         if (start, stop) != (0, len(data)):
             data = Subset(data, range(start, stop))
         loader = DataLoader(data, batch_size=batch_size, shuffle=False)
