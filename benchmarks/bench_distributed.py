@@ -100,7 +100,8 @@ def main(argv=None) -> int:
         "speedup_2proc_vs_1proc_2threads": med["1 process x 2 threads"]["total_s"] / med["2 processes x 1 thread"]["total_s"],
         "threshold_max_rel_diff": max_rel_diff(par["thresholds"], ref["thresholds"]),
         "same_accuracy": par["accuracy_per_t"] == ref["accuracy_per_t"],
-        "same_sops": par["sops_per_t"] == ref["sops_per_t"],
+        # LTB thresholds agree to ~1e-7, not bit for bit, so a few spikes (and SOPs) may differ
+        "sops_max_rel_diff": max_rel_diff([par["sops_per_t"]], [ref["sops_per_t"]]),
         "runs": runs,
     }
     for r in payload["runs"].values():
