@@ -348,6 +348,7 @@ class _CumulativeOps:
         self.macs: list[float] = []
 
     def __call__(self, _snn: SpikingModel) -> None:
+        self.counter.flush()  # the counter defers its fan-out products; read totals need them now
         layers = self.counter.layers.values()
         self.sops.append(float(sum(float(la.sops.sum()) for la in layers if la.sops is not None)))
         self.macs.append(float(sum(float(la.macs.sum()) for la in layers if la.macs is not None)))
