@@ -52,6 +52,8 @@ class ConversionConfig:
         iat_a, iat_b: the schedule's constants in theta_t = a + b * exp(min e - e_t).
         iat_confidence: ``entropy`` (1 - H / log C) or ``prob`` (max probability).
         v0: initial membrane potential as a fraction of the threshold (0.5 = half-threshold start).
+        v0_mode: ``initial`` (the membrane starts at ``v0 * theta``) or ``spread`` (it starts at 0 and
+            ``v0 * theta / T`` is added every step: the same charge over T steps, spread out).
         t0: delayed evaluation: the output is averaged over steps t >= t0 only.
         encoding: ``direct`` (analog input every step) or ``poisson`` (rate-coded input spikes).
         calib_batches: at most this many calibration batches are used (None: all).
@@ -84,6 +86,7 @@ class ConversionConfig:
     iat_b: float = 0.4
     iat_confidence: str = "entropy"
     v0: float = 0.5
+    v0_mode: str = "initial"
     t0: int = 0
     encoding: str = "direct"
     calib_batches: int | None = None
@@ -126,6 +129,8 @@ class ConversionConfig:
             raise ConfigError(f"ltb_lr must be > 0, got {self.ltb_lr}")
         if not (0.0 <= self.v0 <= 1.0):
             raise ConfigError(f"v0 must be in [0, 1] (a fraction of the threshold), got {self.v0}")
+        if self.v0_mode not in ("initial", "spread"):
+            raise ConfigError(f"v0_mode must be 'initial' or 'spread', got {self.v0_mode!r}")
         if not isinstance(self.t0, int) or self.t0 < 0:
             raise ConfigError(f"t0 must be an integer >= 0, got {self.t0!r}")
         if self.t0 >= self.timesteps:
