@@ -273,7 +273,8 @@ def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> 
     if cfg.iat:
         from .iat import calibrate_iat
 
-        calibrate_iat(snn, x.split(64), cfg.timesteps, cfg.iat_a, cfg.iat_b, cfg.iat_confidence)
+        calibrate_iat(snn, x.split(64), cfg.timesteps, cfg.iat_a, cfg.iat_b, cfg.iat_confidence,
+                      tolerance=cfg.iat_tolerance)
     return snn
 
 

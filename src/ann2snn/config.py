@@ -51,6 +51,9 @@ class ConversionConfig:
         iat: calibrate an Input-aware Adaptive Timesteps schedule (stored with the model).
         iat_a, iat_b: the schedule's constants in theta_t = a + b * exp(min e - e_t).
         iat_confidence: ``entropy`` (1 - H / log C) or ``prob`` (max probability).
+        iat_tolerance: if set, ``iat_a`` / ``iat_b`` are not used as given but fitted per model: the
+            fewest mean steps on calibration data with at most this fraction of samples exiting with a
+            prediction other than the full run's (e.g. 0.005).
         v0: initial membrane potential as a fraction of the threshold (0.5 = half-threshold start).
         v0_mode: ``initial`` (the membrane starts at ``v0 * theta``) or ``spread`` (it starts at 0 and
             ``v0 * theta / T`` is added every step: the same charge over T steps, spread out).
@@ -85,6 +88,7 @@ class ConversionConfig:
     iat_a: float = 0.6
     iat_b: float = 0.4
     iat_confidence: str = "entropy"
+    iat_tolerance: float | None = None
     v0: float = 0.5
     v0_mode: str = "initial"
     t0: int = 0
@@ -129,6 +133,8 @@ class ConversionConfig:
             raise ConfigError(f"ltb_lr must be > 0, got {self.ltb_lr}")
         if not (0.0 <= self.v0 <= 1.0):
             raise ConfigError(f"v0 must be in [0, 1] (a fraction of the threshold), got {self.v0}")
+        if self.iat_tolerance is not None and not (0.0 <= self.iat_tolerance < 1.0):
+            raise ConfigError(f"iat_tolerance must be in [0, 1), got {self.iat_tolerance}")
         if self.v0_mode not in ("initial", "spread"):
             raise ConfigError(f"v0_mode must be 'initial' or 'spread', got {self.v0_mode!r}")
         if not isinstance(self.t0, int) or self.t0 < 0:
