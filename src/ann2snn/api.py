@@ -260,7 +260,7 @@ def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> 
         table = burst.sensitivity_table(snn, x, cfg.timesteps, list(range(cfg.burst_min, cfg.burst_initial + 1)),
                                         cfg.burst_initial, cfg.burst_cap, cfg.sensitivity_metric, progress_bar)
         snn.info["sensitivity"] = table.to_dict()
-        caps = burst.allocate_caps(table, cfg.burst_budget, cfg.burst_min)
+        caps = burst.allocate_caps(table, cfg.burst_budget, cfg.burst_min, cost=cfg.burst_cost)
         burst.apply_caps(snn, caps)
         snn.info["caps"] = caps
     if cfg.correction != "none":

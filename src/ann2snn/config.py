@@ -41,6 +41,8 @@ class ConversionConfig:
         burst_min: the smallest cap the allocation may choose.
         burst_budget: rho, the allocation keeps total spikes <= rho * B.
         burst_alloc: ``sensitivity`` (per-layer caps by dynamic programming) or ``uniform``.
+        burst_cost: what the allocation's budget counts: ``spikes`` (the paper) or ``sops`` (each
+            layer's spikes priced by the synaptic operations they cause: a budget on energy).
         sensitivity_metric: ``kl`` (symmetric KL of softmax outputs), ``mse`` (for dense outputs) or
             ``auto`` (KL when the output is ``[batch, classes]``, MSE otherwise).
         mse_levels: the MSE search quantises to ``T`` levels or to ``T * burst_cap`` (``Tm``) levels.
@@ -79,6 +81,7 @@ class ConversionConfig:
     burst_min: int = 1
     burst_budget: float = 0.95
     burst_alloc: str = "sensitivity"
+    burst_cost: str = "spikes"
     sensitivity_metric: str = "auto"
     mse_levels: str = "T"
     adapt_samples: int = 256
@@ -108,6 +111,7 @@ class ConversionConfig:
         _choice("ltb_forward", self.ltb_forward, LTB_FORWARDS)
         _choice("correction", self.correction, CORRECTIONS)
         _choice("burst_alloc", self.burst_alloc, BURST_ALLOCS)
+        _choice("burst_cost", self.burst_cost, ("spikes", "sops"))
         _choice("sensitivity_metric", self.sensitivity_metric, SENSITIVITY_METRICS)
         _choice("mse_levels", self.mse_levels, MSE_LEVELS)
         _choice("correction_target", self.correction_target, CORRECTION_TARGETS)

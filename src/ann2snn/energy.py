@@ -433,6 +433,39 @@ class SynapticCounter:
         self._pending_input = None
         self._pending_steps = 0
 
+    def attribute(self) -> dict[str, float]:
+        """Synaptic operations caused by each neuron layer's spikes since the last flush, summed over
+        the batch (what that layer's spikes cost downstream: its spikes times their fan-out, through
+        pooling, residual and concatenation paths). Call before the counts are flushed (before
+        :meth:`report` or leaving the ``with`` block)."""
+        if not self._pending:
+            raise RuntimeError("nothing to attribute: run the model with the counter attached first")
+        dtype = self.steps.dtype
+        counts = {name: c.to(dtype) for name, c in self._pending.items()}
+        zeros = {name: torch.zeros_like(c) for name, c in counts.items()}
+        out = {}
+        for name in counts:
+            self.events.new_step(None, {**zeros, name: counts[name]})
+            total = 0.0
+            for node in self.synaptic:
+                ev = self.events.events(node.args[0])
+                if ev is None:
+                    continue
+                mod = self.modules[node.target]
+                in_shape = self._shape[node.target][0]
+                fan = self._fanout.get((node.target, in_shape))
+                if fan is None:
+                    fan = self._fanout[(node.target, in_shape)] = fanout_map(mod, torch.Size(in_shape), ev.device).to(dtype)
+                total += float(ev.flatten(1).to(dtype).sum(0) @ fan.reshape(-1))
+            for _node, operands in self.shortcuts:
+                for operand in operands:
+                    ev = self.events.events(operand)
+                    if ev is not None:
+                        total += float(ev.sum(dtype=dtype))
+            out[name] = total
+        self.events.new_step(None, {})
+        return out
+
     def _acc_steps(self, steps: float) -> None:
         if self.compacted:
             self.steps.index_add_(0, self.index, torch.full_like(self.index, steps, dtype=self.steps.dtype))
