@@ -115,7 +115,7 @@ def test_attributed_sops_add_up_to_the_total():
     from ann2snn.energy import SynapticCounter
 
     model = randomize_bn(SmallResNet())
-    x = torch.randn(6, 3, 8, 8)
+    x = torch.randn(6, 1, 8, 8)
     snn = ann2snn.convert(model, x, threshold="max", neuron="adafire", burst_alloc="uniform", burst_cap=2)
     with SynapticCounter(snn) as counter:
         snn.run(x, 6)
