@@ -7,6 +7,7 @@ test subset (AdaFire + MSE + advanced correction as the base).
 * ``mse_levels``: the MSE clipping search quantises to ``T`` or to ``T * m`` levels.
 * ``burst_cap``: the allocation's target cap (its budget is rho x the spikes at that cap); a lower
   target trades accuracy for spikes.
+* ``burst_cost``: the budget counts spikes (the paper) or synaptic operations.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ VARIANTS = {
     "mse_levels=Tm": dict(mse_levels="Tm"),
     "burst_cap=2": dict(burst_cap=2),
     "burst_cap=2,burst_initial=4": dict(burst_cap=2, burst_initial=4),
+    "burst_cost=sops": dict(burst_cost="sops"),
+    "burst_cost=sops,burst_cap=2": dict(burst_cost="sops", burst_cap=2),
 }
 
 
