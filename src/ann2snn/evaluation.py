@@ -264,6 +264,7 @@ def evaluate_classifier(
         raise ConfigError("the model has no IAT schedule: convert it with iat=True (ann2snn convert --iat)")
     use_iat = has_schedule if iat is None else bool(iat)
     iat_correct, iat_steps, iat_sops, iat_macs = 0, 0.0, 0.0, 0.0
+    iat_hist = torch.zeros(timesteps, dtype=torch.long)
 
     batches, total = _batches(data, batch_size)
     if max_batches is not None and total is not None:
@@ -312,6 +313,7 @@ def evaluate_classifier(
                 exited = run_iat(snn, x, timesteps)
             iat_correct += int((_predict(exited.output) == y).sum())
             iat_steps += float(exited.exit_steps.sum())
+            iat_hist += torch.bincount(exited.exit_steps.cpu() - 1, minlength=timesteps)[:timesteps]
         samples += int(y.shape[0])
     if samples == 0:
         raise ConfigError("evaluation data is empty")
@@ -319,6 +321,7 @@ def evaluate_classifier(
     iat_result = None
     if use_iat:
         iat_result = {"accuracy": iat_correct / samples, "mean_steps": iat_steps / samples,
+                      "exit_histogram": iat_hist.tolist(),  # samples that stopped after 1, 2, ..., T steps
                       "sops": None, "macs": None, "energy_ratio": None}
         if merged is not None:
             m = merged.energy_model
