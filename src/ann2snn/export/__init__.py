@@ -1,0 +1,1 @@
+"""Exporting converted SNNs: NIR graphs for neuromorphic hardware and a portable safetensors + JSON format."""
