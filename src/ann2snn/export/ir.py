@@ -57,7 +57,7 @@ class ExportError(ConversionError):
     def __init__(self, target: str, offenders: list[OffendingNode], hint: str = ""):
         self.target = target
         self.offenders = list(offenders)
-        lines = [f"cannot export {len(self.offenders)} operation(s) to {target}:"]
+        lines = [f"cannot export {len(self.offenders)} operation(s) to {target}"]
         lines += [f"  - {o.describe()}" for o in self.offenders]
         if hint:
             lines.append(hint)

@@ -48,7 +48,7 @@ from ..errors import ConversionError, OffendingNode
 from ..model import SpikingModel
 from .ir import ExportError, Op, build, lower
 
-__all__ = ["export_nir", "from_nir", "import_nir", "to_nir"]
+__all__ = ["export_nir", "from_nir", "import_nir", "to_nir", "write_nir"]
 
 FORMAT = "ann2snn-nir"
 VERSION = 1
@@ -164,7 +164,8 @@ def to_nir(snn: SpikingModel, *, neuron_model: str = "exact", maxpool: str = "re
             if maxpool == "refuse":
                 refuse(op, "max-pooling has no NIR node (ann2snn runs it on the running sum of the input currents)",
                        "Pass maxpool='extension' (CLI: --maxpool extension) to write ann2snn-only max-pool subgraphs "
-                       "that ann2snn reads back and other tools refuse, or use average pooling in the ANN.")
+                       "that ann2snn reads back (other tools cannot run them: their body is a NaN placeholder), "
+                       "or use average pooling in the ANN.")
                 continue
             node = _maxpool_extension(nir, op, in_shape, meta, refuse)
             if node is None:
@@ -207,7 +208,8 @@ def to_nir(snn: SpikingModel, *, neuron_model: str = "exact", maxpool: str = "re
             "input_coding": "the analog input is fed as input current every step" if cfg.encoding == "direct"
             else "the input is rate coded (Poisson) before it enters the graph",
             "readout": f"the output node's values averaged over the steps t >= t0 (t0 = {cfg.t0})",
-            "timesteps": int(cfg.timesteps), "config": json.dumps(cfg.to_dict())}
+            "timesteps": int(cfg.timesteps), "config": json.dumps(cfg.to_dict()),
+            "source": json.dumps(snn.info.get("source") or {}, default=str)}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
 
 
@@ -379,11 +381,20 @@ def _neuron(nir, op, in_shape, neuron_model, nodes, edges, producers, connect, r
 
 def export_nir(snn: SpikingModel, path: str | os.PathLike, **options: Any) -> Path:
     """Write ``snn`` as a NIR file (HDF5, readable with ``nir.read``); ``options`` as for :func:`to_nir`."""
-    graph = to_nir(snn, **options)
+    return write_nir(to_nir(snn, **options), path)
+
+
+def write_nir(graph: Any, path: str | os.PathLike) -> Path:
+    """Write a NIR graph to ``path`` (atomically: a failed write leaves no file)."""
     path = Path(path)
-    if not path.parent.is_dir():
+    if not (path.parent if str(path.parent) else Path(".")).is_dir():
         raise ConversionError(f"cannot write {path}: folder {path.parent} does not exist")
-    _nir().write(path, graph)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        _nir().write(tmp, graph)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -503,9 +514,10 @@ def import_nir(graph: Any) -> SpikingModel:
             value[name] = op.name
     if offenders:
         raise ExportError("ann2snn (from NIR)", offenders)
-    cfg_text = graph.metadata.get("config") if isinstance(graph.metadata, dict) else None
-    config = ConversionConfig.from_dict(json.loads(_s(cfg_text))) if cfg_text is not None else None
-    return build(ops, config, {"source": {"model": "NIR graph", "model_kind": "nir"}})
+    gmeta = graph.metadata if isinstance(graph.metadata, dict) else {}
+    config = ConversionConfig.from_dict(json.loads(_s(gmeta["config"]))) if "config" in gmeta else None
+    source = json.loads(_s(gmeta["source"])) if "source" in gmeta else {}
+    return build(ops, config, {"source": source or {"model": "NIR graph", "model_kind": "nir"}})
 
 
 class _Refused(Exception):
