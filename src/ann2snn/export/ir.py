@@ -117,8 +117,15 @@ def _tuple(v: Any, n: int) -> list[int]:
     return [int(v)] * n
 
 
+_AVG_PARAMS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+
+
 def _bind(fn: Any, node: fx.Node) -> dict[str, Any]:
     """The call's arguments by parameter name (functional pools), defaults filled in."""
+    if fn in _AVG_FUNCS:  # builtins without a Python signature
+        args = dict(zip(_AVG_PARAMS, node.args, strict=False))
+        args.update(node.kwargs)
+        return args
     sig = inspect.signature(fn)
     bound = sig.bind(*node.args, **node.kwargs)
     bound.apply_defaults()

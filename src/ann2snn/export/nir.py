@@ -24,7 +24,8 @@ with standard nodes where that is exact, and refused otherwise:
 * **Max-pooling** has no NIR node: it is refused unless ``maxpool="extension"``, which writes each
   running max-pool (it sits in front of its neuron, on the input currents, pools their running sum
   and emits the increment) as a subgraph whose metadata describes it and whose body,
-  ``Scale(NaN) -> SumPool2d``, poisons the output of any tool that ignores the metadata.
+  ``Delay(NaN) -> SumPool2d``, no simulator can run: a tool that ignores the metadata stops there
+  instead of computing something else.
 * **Concatenation** along channels: each part passes a 1x1 convolution (``Linear`` for vectors)
   that places its channels in the output, and the parts are summed at the destination.
 * BatchNorm kept after a neuron and neuron bias corrections: depthwise 1x1 convolutions.
@@ -164,7 +165,7 @@ def to_nir(snn: SpikingModel, *, neuron_model: str = "exact", maxpool: str = "re
             if maxpool == "refuse":
                 refuse(op, "max-pooling has no NIR node (ann2snn runs it on the running sum of the input currents)",
                        "Pass maxpool='extension' (CLI: --maxpool extension) to write ann2snn-only max-pool subgraphs "
-                       "that ann2snn reads back (other tools cannot run them: their body is a NaN placeholder), "
+                       "that ann2snn reads back (other tools cannot run them: their body is a placeholder, a Delay of NaN steps), "
                        "or use average pooling in the ANN.")
                 continue
             node = _maxpool_extension(nir, op, in_shape, meta, refuse)
@@ -284,10 +285,10 @@ def _maxpool_extension(nir, op, in_shape, meta, refuse):
         return None
     meta.update({"kernel_size": list(a["kernel_size"]), "stride": list(a["stride"]), "padding": list(a["padding"]),
                  "semantics": "running max-pool before the neuron: out_t = maxpool(S_t) - maxpool(S_{t-1}), "
-                              "S_t the sum of the inputs of steps 1..t; ann2snn extension, the body is a NaN "
-                              "placeholder"})
+                              "S_t the sum of the inputs of steps 1..t; ann2snn extension, the body is a "
+                              "placeholder (a Delay of NaN steps) that no simulator can run"})
     body = {"input": nir.Input(input_type={"input": np.array(in_shape)}),
-            "placeholder": nir.Scale(scale=np.full(in_shape, np.nan, dtype=np.float32)),
+            "placeholder": nir.Delay(delay=np.full(in_shape, np.nan, dtype=np.float32)),
             "window": nir.SumPool2d(kernel_size=np.array(a["kernel_size"]), stride=np.array(a["stride"]),
                                     padding=np.array(a["padding"])),
             "output": nir.Output(output_type={"output": np.array(op.shape)})}
