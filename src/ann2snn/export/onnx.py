@@ -111,7 +111,7 @@ class _Builder:
 
 
 def _param(a: np.ndarray) -> nn.Parameter:
-    return nn.Parameter(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)), requires_grad=False)
+    return nn.Parameter(torch.from_numpy(np.array(a, dtype=np.float32, copy=True)), requires_grad=False)
 
 
 def _convert_node(b: _Builder, node: Any, is_last: bool) -> fx.Node | None:
@@ -263,8 +263,8 @@ def _convert_node(b: _Builder, node: Any, is_last: bool) -> fx.Node | None:
             raise OnnxImportError(f"{label}: the statistics must be constants")
         bn = nn.BatchNorm2d(len(scale), eps=float(a.get("epsilon", 1e-5)))
         bn.weight, bn.bias = _param(scale), _param(bias)
-        bn.running_mean.copy_(torch.from_numpy(np.asarray(mean, np.float32)))
-        bn.running_var.copy_(torch.from_numpy(np.asarray(var, np.float32)))
+        bn.running_mean.copy_(torch.tensor(np.asarray(mean, np.float32)))
+        bn.running_var.copy_(torch.tensor(np.asarray(var, np.float32)))
         return b.module(node.name or "bn", bn.eval(), b.value(ins[0]))
     if op == "Pad":
         pads = b.const(ins[1]) if len(ins) > 1 else a.get("pads")
