@@ -270,3 +270,19 @@ def test_portable_rejects_damaged_files(digits, tmp_path):
     (folder / "weights.safetensors").write_bytes(b"\x05")
     with pytest.raises(ann2snn.SerializationError):
         read_safetensors(folder / "weights.safetensors")
+
+
+def test_the_documented_reader_runs_the_portable_format_without_ann2snn(digits, tmp_path):
+    """docs/export.md's plain torch + safetensors reader reproduces the model's outputs."""
+    pytest.importorskip("safetensors.torch")
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "export.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "def run(x, T)" in b)
+    snn = converted("mlp_digits", digits)
+    folder = save_portable(snn, tmp_path / "p")
+    scope: dict = {}
+    exec(code.replace("DIR/", f"{folder}/"), scope)  # noqa: S102 - our own documentation
+    x = digits[1]
+    assert torch.allclose(scope["run"](x, T), snn.run(x, T), atol=1e-5)
