@@ -55,7 +55,7 @@ def neuron_op(theta, cap=1, v0=0.5, shape=None, offset=None, bias=None):
 @pytest.mark.parametrize("name", ZOO)
 def test_nir_round_trip_is_identical_on_the_zoo(name, digits, tmp_path):
     snn = converted(name, digits)
-    path = export_nir(snn, tmp_path / f"{name}.nir", maxpool="extension")
+    path = ann2snn.export_nir(snn, tmp_path / f"{name}.nir", maxpool="extension")
     graph = nir.read(path)  # the standard reader, with its type checks
     assert graph.metadata["ann2snn_format"] == "ann2snn-nir"
     neurons = [n for n in graph.nodes.values() if isinstance(n, nir.NIRGraph) and n.metadata["ann2snn_op"] == "neuron"]

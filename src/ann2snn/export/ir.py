@@ -54,10 +54,10 @@ KINDS = ("input", "conv", "linear", "avg_pool", "adaptive_avg_pool", "max_pool",
 class ExportError(ConversionError):
     """The spiking model holds operations the target format cannot express (all listed at once)."""
 
-    def __init__(self, target: str, offenders: list[OffendingNode], hint: str = ""):
+    def __init__(self, target: str, offenders: list[OffendingNode], hint: str = "", verb: str = "export"):
         self.target = target
         self.offenders = list(offenders)
-        lines = [f"cannot export {len(self.offenders)} operation(s) to {target}"]
+        lines = [f"cannot {verb} {len(self.offenders)} operation(s) {'to' if verb == 'export' else 'from'} {target}"]
         lines += [f"  - {o.describe()}" for o in self.offenders]
         if hint:
             lines.append(hint)

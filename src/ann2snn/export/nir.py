@@ -192,8 +192,7 @@ def to_nir(snn: SpikingModel, *, neuron_model: str = "exact", maxpool: str = "re
                 refuse(op, f"a per-channel affine map on a {len(in_shape)}-D sample")
                 continue
         elif op.kind == "neuron":
-            if not _neuron(nir, op, in_shape, neuron_model, nodes, edges, producers, connect, refuse):
-                continue
+            _neuron(nir, op, in_shape, neuron_model, nodes, edges, producers, connect, refuse)
             continue
         else:  # pragma: no cover - lower() only makes the kinds above
             refuse(op, "no NIR equivalent")
@@ -514,7 +513,7 @@ def import_nir(graph: Any) -> SpikingModel:
             ops.append(op)
             value[name] = op.name
     if offenders:
-        raise ExportError("ann2snn (from NIR)", offenders)
+        raise ExportError("NIR", offenders, verb="import")
     gmeta = graph.metadata if isinstance(graph.metadata, dict) else {}
     config = ConversionConfig.from_dict(json.loads(_s(gmeta["config"]))) if "config" in gmeta else None
     source = json.loads(_s(gmeta["source"])) if "source" in gmeta else {}
