@@ -160,6 +160,36 @@ def bench(name, T, test_samples, calib_samples, neuron, norse_samples, have_nors
     return row
 
 
+def table(d: dict) -> str:
+    """The results as the markdown table of docs/benchmarks.md."""
+    p = d["provenance"]
+    out = [f"`{p['command']}` — commit `{p['commit']}`, {p['date']}, {p['machine']}, "
+           + ", ".join(f"{k} {v}" for k, v in d["versions"].items()), ""]
+    out.append("| model | neuron | SNN acc % | round trips identical (NIR exact / NIR IF / portable) | "
+               "exact export in reference sim: max diff, identical spikes % | exact export in nirtorch: max diff, "
+               "argmax agree % | IF export in reference sim: acc % | IF export in Norse: acc %, argmax agree % with ann2snn | Norse vs reference sim "
+               "(IF): max diff |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
+
+    def yn(v):
+        return "—" if v is None else ("yes" if v else "**no**")
+
+    for r in d["rows"]:
+        rs = r["refsim_exact"]
+        nt, nf, nv = r.get("nirtorch_exact"), r.get("norse_if"), r.get("norse_if_vs_refsim_if")
+        ri = r.get("refsim_if")
+        out.append(
+            f"| {r['model']} | {r['neuron']} | {r['snn_acc'] * 100:.1f} | {yn(r['roundtrip_nir_exact_identical'])} / "
+            f"{yn(r.get('roundtrip_nir_if_identical'))} / {yn(r['roundtrip_portable_identical'])} | "
+            f"{rs['max_abs_diff']:.2g}, {rs['identical_spikes'] * 100:.4f} | "
+            + (f"{nt['max_abs_diff']:.2g}, {nt['argmax_agree'] * 100:.0f} | " if nt else "— | ")
+            + (f"{ri['acc_b'] * 100:.1f} | " if ri else "— | ")
+            + (f"{nf['acc_b'] * 100:.1f} (ann2snn {nf['acc_a'] * 100:.1f}), {nf['argmax_agree'] * 100:.0f} | "
+               if nf else "— | ")
+            + (f"{nv['max_abs_diff']:.2g} |" if nv else "— |"))
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["mlp_digits", "cnn_digits", "resnet_digits", "mobilenet_digits",
@@ -169,7 +199,13 @@ def main(argv=None) -> int:
     p.add_argument("--norse-samples", type=int, default=100, help="samples run through nirtorch / Norse (slow)")
     p.add_argument("--calib-samples", type=int, default=512)
     p.add_argument("--out", default="nir_crosscheck")
+    p.add_argument("--table", metavar="JSON", help="only print the markdown table of a results file")
     args = p.parse_args(argv)
+    if args.table:
+        import json
+
+        print(table(json.loads(Path(args.table).read_text())))
+        return 0
     logging.disable(logging.WARNING)  # Norse warns on every IF node with r != 1 (ours have r = 1)
     try:
         import nirtorch  # noqa: F401
