@@ -65,6 +65,8 @@ def test_nir_round_trip_is_identical_on_the_zoo(name, digits, tmp_path):
     x = digits[1]
     assert torch.equal(back.run(x, T), snn.run(x, T))
     assert back.config == snn.config
+    assert back.info["layers"] == json.loads(json.dumps(snn.info["layers"], default=str))
+    assert [n.name for n in back.neurons().values()] == [n.name for n in snn.neurons().values()]
 
 
 @pytest.mark.parametrize("name", ["mlp_digits", "cnn_digits", "resnet_digits", "mobilenet_digits"])
@@ -239,6 +241,7 @@ def test_portable_round_trip_is_identical_on_the_zoo(name, digits, tmp_path):
     back = load_portable(folder)
     x = digits[1]
     assert torch.equal(back.run(x, T), snn.run(x, T))
+    assert back.config == snn.config and back.info["passes"] == snn.info["passes"]
 
 
 def test_portable_adafire_and_corrections_round_trip(digits, tmp_path):

@@ -209,7 +209,7 @@ def to_nir(snn: SpikingModel, *, neuron_model: str = "exact", maxpool: str = "re
             else "the input is rate coded (Poisson) before it enters the graph",
             "readout": f"the output node's values averaged over the steps t >= t0 (t0 = {cfg.t0})",
             "timesteps": int(cfg.timesteps), "config": json.dumps(cfg.to_dict()),
-            "source": json.dumps(snn.info.get("source") or {}, default=str)}
+            "info": json.dumps(snn.info, default=str)}  # calibration results, IAT schedule, where it came from
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
 
 
@@ -516,8 +516,9 @@ def import_nir(graph: Any) -> SpikingModel:
         raise ExportError("NIR", offenders, verb="import")
     gmeta = graph.metadata if isinstance(graph.metadata, dict) else {}
     config = ConversionConfig.from_dict(json.loads(_s(gmeta["config"]))) if "config" in gmeta else None
-    source = json.loads(_s(gmeta["source"])) if "source" in gmeta else {}
-    return build(ops, config, {"source": source or {"model": "NIR graph", "model_kind": "nir"}})
+    info = json.loads(_s(gmeta["info"])) if "info" in gmeta else {}
+    info.setdefault("source", {"model": "NIR graph", "model_kind": "nir"})
+    return build(ops, config, info)
 
 
 class _Refused(Exception):

@@ -131,7 +131,7 @@ def save_portable(snn: SpikingModel, folder: str | os.PathLike, example_shape: t
             "readout": "run the layers once per timestep on the same input; the result is the mean of the "
                        "output over the steps t >= t0",
             "neuron": NEURON, "layers": layers, "config": cfg.to_dict(),
-            "source": snn.info.get("source")}
+            "info": json.loads(json.dumps(snn.info, default=str))}  # calibration results, IAT schedule, source
     folder.mkdir(exist_ok=True)
     # write to temporary names first, so that a failure never leaves half a model behind
     fd, tmp_w = tempfile.mkstemp(prefix=".weights.", dir=folder)
@@ -177,5 +177,6 @@ def load_portable(folder: str | os.PathLike) -> SpikingModel:
         raise SerializationError(f"{folder}: missing entry {exc}") from exc
     except ConfigError as exc:
         raise SerializationError(f"{gpath}: bad config ({exc})") from exc
-    info = {"source": desc.get("source") or {"model": str(folder), "model_kind": "portable"}}
+    info = desc.get("info") if isinstance(desc.get("info"), dict) else {}
+    info.setdefault("source", {"model": str(folder), "model_kind": "portable"})
     return build(ops, config, info)
