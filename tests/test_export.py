@@ -254,6 +254,14 @@ def test_portable_adafire_and_corrections_round_trip(digits, tmp_path):
     assert torch.allclose(NIRSimulator(to_nir(snn)).run(x, T), snn.run(x, T), atol=1e-5)
 
 
+def test_spread_start_exports_as_a_per_step_current(digits, tmp_path):
+    snn = converted("cnn_digits", digits, neuron="adafire", burst_alloc="uniform", burst_cap=2, v0_mode="spread")
+    assert all(n.spread_steps == snn.config.timesteps for n in snn.neurons().values())
+    x = digits[1]
+    assert torch.equal(load_portable(save_portable(snn, tmp_path / "p")).run(x, T), snn.run(x, T))
+    assert torch.equal(import_nir(export_nir(snn, tmp_path / "a.nir")).run(x, T), snn.run(x, T))
+
+
 def test_safetensors_files_are_standard(tmp_path):
     st = pytest.importorskip("safetensors.numpy")
     arrays = {"a.weight": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.array([1.5], np.float32)}

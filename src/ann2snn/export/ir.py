@@ -211,11 +211,14 @@ def lower(snn: SpikingModel, example_shape: tuple[int, ...] | None = None, targe
             mod = modules[node.target]
             label = f"call_module {type(mod).__name__}"
             if isinstance(mod, SpikingNeuron):
+                v0, shift = mod.v0, mod.bias_shift.detach().cpu().clone()
+                if mod.spread_steps:  # v0_mode="spread" is a start at 0 plus a constant per-step current
+                    v0, shift = 0.0, shift + mod.threshold.detach().cpu() * (mod.v0 / mod.spread_steps)
                 ops.append(Op(name, "neuron", [src(node.args[0])], sample(node),
-                              {"cap": mod.cap, "v0": mod.v0, "clip": mod.clip, "layer": mod.name},
+                              {"cap": mod.cap, "v0": v0, "clip": mod.clip, "layer": mod.name},
                               {"threshold": mod.threshold.detach().cpu().clone(),
                                "v0_offset": mod.v0_offset.detach().cpu().clone(),
-                               "bias_shift": mod.bias_shift.detach().cpu().clone()}))
+                               "bias_shift": shift}))
             elif isinstance(mod, RunningMaxPool):
                 ops.append(Op(name, "max_pool", [src(node.args[0])], sample(node),
                               _maxpool_attrs(mod.pool, mod.function, node)))
