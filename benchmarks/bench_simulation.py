@@ -36,6 +36,22 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def interleaved_medians(fns, repeats: int) -> tuple[list[float], list[float]]:
+    """Median wall and CPU (process) time of each function; runs alternate so that slow phases of a
+    shared machine hit every function alike. CPU time is the steadier figure when cores are contended."""
+    for fn in fns:
+        fn()  # warm-up
+    wall = [[] for _ in fns]
+    cpu = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, w, c in zip(fns, wall, cpu, strict=True):
+            t, p = time.perf_counter(), time.process_time()
+            fn()
+            w.append(time.perf_counter() - t)
+            c.append(time.process_time() - p)
+    return [statistics.median(ts) for ts in wall], [statistics.median(ts) for ts in cpu]
+
+
 def _status(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field):
@@ -63,17 +79,17 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     with torch.no_grad():
         t_ann = median_time(lambda: model(x), args.repeats)
     t_folded = median_time(lambda: snn.analog(x, "relu"), args.repeats)
-    t_snn = median_time(lambda: snn.run(x, T), args.repeats)
 
     def counted():
         with SynapticCounter(snn):
             snn.run(x, T)
 
-    t_counted = median_time(counted, args.repeats)
+    (t_snn, t_counted), (c_snn, c_counted) = interleaved_medians([lambda: snn.run(x, T), counted], args.repeats)
     row = {"batch": args.batch, "T": T, "ann_forward_s": t_ann, "ann_bn_folded_forward_s": t_folded,
            "snn_run_s": t_snn, "snn_run_counting_s": t_counted,
            "ratio_vs_T_ann": t_snn / (T * t_ann), "ratio_vs_T_folded_ann": t_snn / (T * t_folded),
-           "counting_overhead": t_counted / t_snn, "memory": []}
+           "counting_overhead": t_counted / t_snn, "snn_run_cpu_s": c_snn, "snn_run_counting_cpu_s": c_counted,
+           "counting_overhead_cpu": c_counted / c_snn, "memory": []}
     with tempfile.TemporaryDirectory() as tmp:
         path = ann2snn.save(snn, Path(tmp) / "snn.pt")
         for mt in args.memory_ts:
@@ -85,7 +101,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     peak = {r["T"]: r["peak_bytes"] for r in row["memory"]}
     row["peak_rss_ratio"] = peak[max(peak)] / peak[min(peak)]
     print(f"{name}: SNN T={T} {t_snn:.2f}s = {row['ratio_vs_T_ann']:.2f} x T x ANN "
-          f"({row['ratio_vs_T_folded_ann']:.2f} x T x BN-folded ANN); counting x{row['counting_overhead']:.2f}; "
+          f"({row['ratio_vs_T_folded_ann']:.2f} x T x BN-folded ANN); counting x{row['counting_overhead']:.2f} "
+          f"(CPU time x{row['counting_overhead_cpu']:.2f}); "
           f"run memory above baseline " + ", ".join(f"T={k}: {v / 2**20:.1f} MiB" for k, v in m.items())
           + f"; peak RSS T={max(peak)} / T={min(peak)} = {row['peak_rss_ratio']:.3f}", flush=True)
     return row
@@ -98,6 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--timesteps", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--memory-ts", type=int, nargs="+", default=[16, 64, 256])
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="simulation")
     p.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -105,7 +123,7 @@ def main(argv=None) -> int:
         path, t, b, shape = args.memory_child
         memory_child(path, int(t), int(b), json.loads(shape))
         return 0
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     results = {"provenance": provenance("python benchmarks/bench_simulation.py " + " ".join(argv or sys.argv[1:])),
                "models": {}}
     for name in args.models:

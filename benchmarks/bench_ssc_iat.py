@@ -14,24 +14,28 @@ import torch
 from common import load_pretrained, provenance, save, tensors
 
 import ann2snn
+from ann2snn.calibration.ssc import apply_scales, choose_scales, ssc_table
 from ann2snn.energy import SynapticCounter
 from ann2snn.evaluation import evaluate_classifier
 from ann2snn.iat import calibrate_iat, run_iat
 
 
-def timed_iat(snn, xt, yt, T, batch=250):
-    correct, steps, sops, macs, ann_macs = 0, [], 0.0, 0.0, 0.0
+def timed_iat(snn, xt, yt, T, schedule, batch=250):
+    """IAT accuracy, exit steps and counts (counted run), and the wall time of an uncounted run."""
     t = time.perf_counter()
     for i in range(0, len(yt), batch):
+        run_iat(snn, xt[i:i + batch], T, schedule)
+    seconds = time.perf_counter() - t
+    correct, steps, sops, macs, ann_macs = 0, [], 0.0, 0.0, 0.0
+    for i in range(0, len(yt), batch):
         with SynapticCounter(snn) as c:
-            res = run_iat(snn, xt[i:i + batch], T)
+            res = run_iat(snn, xt[i:i + batch], T, schedule)
         rep = c.report()
         n = len(res.exit_steps)
         correct += int((res.output.argmax(1) == yt[i:i + batch]).sum())
         steps.append(res.exit_steps)
         sops, macs, ann_macs = sops + rep.sops * n, macs + rep.macs * n, ann_macs + rep.ann_macs * n
         energy = rep.energy_model
-    seconds = time.perf_counter() - t
     n = len(yt)
     e_snn = (macs * energy.e_mac + sops * energy.e_ac) / n
     return {"accuracy": correct / n, "mean_steps": float(torch.cat(steps).float().mean()), "seconds": seconds,
@@ -56,6 +60,9 @@ def main(argv=None) -> int:
     p.add_argument("--ssc-t", type=int, default=16)
     p.add_argument("--iat-ts", type=int, nargs="+", default=[16, 32])
     p.add_argument("--base", default="adafire", choices=["if", "adafire"])
+    p.add_argument("--iat-tolerances", type=float, nargs="*", default=[0.0, 0.005],
+                   help="also fit the schedule per model to these prediction-change tolerances")
+    p.add_argument("--skip-ssc", action="store_true")
     p.add_argument("--out", default="ssc_iat")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
@@ -69,41 +76,50 @@ def main(argv=None) -> int:
         xc, _ = tensors(dataset, "train", args.calib_samples, seed=1)
         xt, yt = tensors(dataset, "test", args.test_samples, seed=2)
         entry = {"base": base, "ssc": {}, "iat": {}}
-        # SSC: one conversion, then the table is reused for every tau (choose_scales on a copy)
-        snn = ann2snn.convert(model, xc.split(128), timesteps=args.ssc_t, **base)
-        from ann2snn.calibration.ssc import apply_scales, choose_scales, ssc_table
-
-        table = ssc_table(snn, xc[:128], args.ssc_t)
-        original = {n: (m.threshold.clone(), m.v0_offset.clone()) for n, m in snn.neurons().items()}
-        for tau in args.taus:
-            for n, m in snn.neurons().items():
-                m.threshold.copy_(original[n][0])
-                m.v0_offset.copy_(original[n][1])
-            scales = choose_scales(table, tau)
-            apply_scales(snn, scales)
-            res = evaluate_classifier(snn, (xt, yt), args.ssc_t, ceiling_at=[args.ssc_t], batch_size=250)
-            entry["ssc"][tau] = {"accuracy": res.accuracy, "sops": res.energy.sops, "spikes": res.energy.spikes,
-                                 "saving": res.energy.saving, "scales": scales}
-            print(f"{name} SSC T={args.ssc_t} tau={tau:<5} acc {res.accuracy * 100:5.1f}  SOPs {res.energy.sops:12,.0f}"
-                  f"  saving {res.energy.saving * 100:5.1f} %  scales {scales}", flush=True)
+        if not args.skip_ssc:  # one conversion; the sensitivity table is reused for every tau
+            snn = ann2snn.convert(model, xc.split(128), timesteps=args.ssc_t, **base)
+            table = ssc_table(snn, xc[:128], args.ssc_t)
+            original = {n: (m.threshold.clone(), m.v0_offset.clone()) for n, m in snn.neurons().items()}
+            for tau in args.taus:
+                entry["ssc"][tau] = _ssc_row(snn, table, original, tau, xt, yt, args.ssc_t, name)
         for T in args.iat_ts:
             snn = ann2snn.convert(model, xc.split(128), timesteps=T, **base)
-            calibrate_iat(snn, xc.split(128), T)
             full = timed_full(snn, xt, yt, T)
             with SynapticCounter(snn) as c:
                 snn.run(xt[:250], T)
-            iat = timed_iat(snn, xt, yt, T)
-            iat.update(full_accuracy=full["accuracy"], full_seconds=full["seconds"],
-                       wall_ratio=iat["seconds"] / full["seconds"], full_sops=c.report().sops,
-                       full_saving=c.report().saving)
-            entry["iat"][T] = iat
-            print(f"{name} IAT T={T}: acc {iat['accuracy'] * 100:.1f} (full {full['accuracy'] * 100:.1f}), mean steps "
-                  f"{iat['mean_steps']:.2f} ({iat['mean_steps'] / T * 100:.0f} % of T), wall x{iat['wall_ratio']:.2f}, "
-                  f"SOPs {iat['sops']:,.0f} vs {c.report().sops:,.0f}, saving {iat['saving'] * 100:.1f} % "
-                  f"(full {c.report().saving * 100:.1f} %)", flush=True)
+            schedules = {"paper a=0.6 b=0.4": calibrate_iat(snn, xc.split(128), T)}
+            for tol in args.iat_tolerances:
+                schedules[f"fitted tolerance={tol}"] = calibrate_iat(snn, xc.split(128), T, tolerance=tol)
+            entry["iat"][T] = {}
+            for sname, schedule in schedules.items():
+                iat = timed_iat(snn, xt, yt, T, schedule)
+                iat.update(full_accuracy=full["accuracy"], full_seconds=full["seconds"],
+                           wall_ratio=iat["seconds"] / full["seconds"], full_sops=c.report().sops,
+                           full_saving=c.report().saving, a=schedule.a, b=schedule.b, fit=schedule.fit)
+                entry["iat"][T][sname] = iat
+                print(f"{name} IAT T={T} {sname} (a={schedule.a:.3f} b={schedule.b:.3f}): acc "
+                      f"{iat['accuracy'] * 100:.1f} (full {full['accuracy'] * 100:.1f}), mean steps "
+                      f"{iat['mean_steps']:.2f} ({iat['mean_steps'] / T * 100:.0f} % of T), wall x{iat['wall_ratio']:.2f},"
+                      f" SOPs {iat['sops']:,.0f} vs {c.report().sops:,.0f}, saving {iat['saving'] * 100:.1f} % "
+                      f"(full {c.report().saving * 100:.1f} %)", flush=True)
+            results["models"][name] = entry
+            save(args.out, results)
         results["models"][name] = entry
         save(args.out, results)
     return 0
+
+
+def _ssc_row(snn, table, original, tau, xt, yt, T, name):
+    for n, m in snn.neurons().items():
+        m.threshold.copy_(original[n][0])
+        m.v0_offset.copy_(original[n][1])
+    scales = choose_scales(table, tau)
+    apply_scales(snn, scales)
+    res = evaluate_classifier(snn, (xt, yt), T, ceiling_at=[T], batch_size=250)
+    print(f"{name} SSC T={T} tau={tau:<5} acc {res.accuracy * 100:5.1f}  SOPs {res.energy.sops:12,.0f}"
+          f"  saving {res.energy.saving * 100:5.1f} %  scales {scales}", flush=True)
+    return {"accuracy": res.accuracy, "sops": res.energy.sops, "spikes": res.energy.spikes,
+            "saving": res.energy.saving, "scales": scales}
 
 
 if __name__ == "__main__":

@@ -96,3 +96,31 @@ def test_corrections_reduce_each_layers_error(mode):
     assert len(log) == 3
     for name, entry in log.items():
         assert entry["mean_error_after"] < 0.5 * entry["mean_error_before"], name
+
+
+def test_sops_cost_prices_each_layers_spikes_by_their_fanout():
+    table = SensitivityTable(
+        layers=["a", "b"], caps=[1, 2, 4],
+        sensitivity=[[1.0, 0.6, 0.05], [1.0, 0.6, 0.1]],
+        spikes=[[10, 12, 14], [10, 12, 14]], target_cap=2, initial_cap=4, baseline_spikes=24.0, metric="kl",
+        timesteps=4, samples=1, baseline_layer_spikes=[12.0, 12.0], sops_per_spike=[100.0, 1.0])
+    # counting spikes, a's big cap is the better buy; priced by SOPs (a's spikes cost 100x), b's is
+    assert allocate_caps(table, rho=1.0) == {"a": 4, "b": 1}  # 14 + 10 spikes <= 24
+    assert allocate_caps(table, rho=1.0, cost="sops") == {"a": 1, "b": 4}  # 1000 + 14 SOPs <= 1212
+    with pytest.raises(ValueError):
+        allocate_caps(table, cost="joules")
+
+
+def test_attributed_sops_add_up_to_the_total():
+    from ann2snn.energy import SynapticCounter
+
+    model = randomize_bn(SmallResNet())
+    x = torch.randn(6, 1, 8, 8)
+    snn = ann2snn.convert(model, x, threshold="max", neuron="adafire", burst_alloc="uniform", burst_cap=2)
+    with SynapticCounter(snn) as counter:
+        snn.run(x, 6)
+        caused = counter.attribute()
+        report = counter.report()
+    assert set(caused) == set(snn.neurons())
+    assert sum(caused.values()) == pytest.approx(report.sops * x.shape[0], rel=1e-9)
+    assert all(v > 0 for v in caused.values())

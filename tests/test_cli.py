@@ -149,6 +149,13 @@ def test_iat_flag_and_adaptive_exit_row(capsys, weights, tmp_path):
     code, text, err = run(capsys, "evaluate", str(out), "--max-samples", "64", "--json")
     iat = json.loads(text)["iat"]
     assert 1.0 <= iat["mean_steps"] <= 8.0 and 0.0 <= iat["accuracy"] <= 1.0 and iat["energy_ratio"] > 0
+    hist = iat["exit_histogram"]
+    assert len(hist) == 8 and sum(hist) == 64
+    assert sum((t + 1) * n for t, n in enumerate(hist)) / 64 == pytest.approx(iat["mean_steps"])
+    code, _, err = run(capsys, "evaluate", str(out), "--max-samples", "64", "--report", str(tmp_path / "rep"), "-q")
+    assert code == 0, err
+    assert (tmp_path / "rep" / "exit_steps.png").stat().st_size > 0
+    assert "exit_steps.png" in (tmp_path / "rep" / "report.md").read_text()
 
 
 def test_yaml_config_needs_pyyaml(capsys, weights, tmp_path):

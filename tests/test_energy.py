@@ -156,3 +156,41 @@ def test_counting_does_not_change_outputs():
     counted, _ = measure(snn, x, 10)
     assert torch.equal(plain, counted)
     assert isinstance(next(iter(snn.neurons().values())), SpikingNeuron)
+
+
+def test_long_runs_and_early_exit_count_every_spike_exactly():
+    """Counts are accumulated lazily (uint8 maps for 1-bit spikes, flushed before they could overflow
+    and whenever samples exit): over T > 255 steps and with a mid-run exit they must still equal the
+    spikes recorded step by step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 25, 2)).eval()
+    x = torch.rand(4, 1, 5, 5) * 4
+    snn = ann2snn.convert(model, x, threshold="percentile", percentile=90.0)
+    rec = SpikeRecorder(snn)
+    T = 300
+    _, report = measure(snn, x, T)
+    (name,) = list(snn.neurons())
+    per_sample = sum(s[name].flatten(1).sum(1).double() for s in rec.steps)
+    per_position = sum(s[name].double() for s in rec.steps)
+    assert per_position.max() > 255  # a neuron fired more often than one uint8 window could hold
+    layer = next(r for r in report.layers if r.name == name)
+    assert layer.spikes == pytest.approx(float(per_sample.mean()), rel=1e-12)
+    lin = next(r for r in report.layers if r.name == "3")
+    assert lin.sops == pytest.approx(float(per_sample.mean()) * 2, rel=1e-12)
+
+    # samples 1 and 3 exit after 7 steps: they are charged for 7 steps only
+    rec.steps.clear()
+    with SynapticCounter(snn) as counter:
+        snn.reset()
+        counter.begin(4, x.device)
+        for t in range(20):
+            snn.step(x if t < 7 else x[[0, 2]])
+            if t == 6:
+                snn.select(torch.tensor([0, 2]))
+        rep = counter.report()
+    assert rep.per_sample["steps"] == [20.0, 7.0, 20.0, 7.0]
+    expected = torch.zeros(4, dtype=torch.float64)
+    for t, s in enumerate(rec.steps):
+        rows = [0, 1, 2, 3] if t < 7 else [0, 2]
+        expected[rows] += s[name].flatten(1).sum(1).double()
+    assert rep.per_sample["sops"] == pytest.approx((expected * 2).tolist())

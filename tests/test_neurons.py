@@ -64,3 +64,23 @@ def test_dead_channel_stays_silent():
     outs = [neuron(torch.tensor([[5.0, 5.0]])) for _ in range(4)]
     assert all(o[0, 0].item() == 0.0 for o in outs)
     assert all(o[0, 1].item() == 1.0 for o in outs)
+
+
+def test_spread_start_adds_the_same_charge_over_the_window():
+    """v0_mode='spread': v starts at 0 and v0*theta/T arrives each step; after T steps a constant input
+    has produced exactly the spikes of the half-threshold start (only their timing differs)."""
+    from ann2snn.neurons import SpikingNeuron
+
+    T = 8
+    theta = torch.tensor([1.0, 2.0])
+    z = torch.tensor([[[0.3], [0.55]], [[0.9], [1.3]]]).reshape(2, 2)  # [batch, channels]
+    for cap in (1, 3):
+        start = SpikingNeuron(theta / cap, cap=cap, v0=0.5)
+        spread = SpikingNeuron(theta / cap, cap=cap, v0=0.5, spread_steps=T)
+        a = sum(start(z) for _ in range(T))
+        b = sum(spread(z) for _ in range(T))
+        assert torch.allclose(a, b)
+        assert float(spread.v.min()) >= -1e-6
+    first = SpikingNeuron(torch.tensor([1.0]), v0=0.5, spread_steps=4)
+    assert first(torch.tensor([[0.5]])).item() == 0.0  # 0.5 + 0.125 < 1: no spike at t = 1 (the start would fire)
+    assert SpikingNeuron.from_spec(first.spec()).spread_steps == 4

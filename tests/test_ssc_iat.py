@@ -107,3 +107,29 @@ def test_stream_api_reports_done_samples(digits):
         seen += int(state.done.sum())
     assert seen == 32
     assert stream.result().output.shape == (32, 10)
+
+
+def test_iat_tolerance_fits_the_schedule_within_the_allowance(digits):
+    """A fitted schedule changes at most `tolerance` of the calibration samples' predictions against
+    the full run, and needs no more steps than any grid schedule that also meets it (here: the paper's)."""
+    from ann2snn.iat import calibrate_iat, run_iat
+
+    model, xtr, _, _, _ = digits
+    snn = ann2snn.convert(model, xtr[:256], threshold="mse", timesteps=16)
+    calib = xtr[:512]
+    full = snn.run(calib, 16).argmax(1)
+    paper = calibrate_iat(snn, calib.split(128), 16)
+    paper_res = run_iat(snn, calib, 16, paper)
+    paper_changed = float((paper_res.output.argmax(1) != full).float().mean())
+    for tol in (0.0, 0.02):
+        fitted = calibrate_iat(snn, calib.split(128), 16, tolerance=tol)
+        res = run_iat(snn, calib, 16, fitted)
+        changed = float((res.output.argmax(1) != full).float().mean())
+        assert changed <= tol + 1e-9
+        assert fitted.fit["changed"] == pytest.approx(changed)
+        assert fitted.fit["mean_steps"] == pytest.approx(res.mean_steps)
+        if paper_changed <= tol:  # the paper's constants are on the grid: the fit can only be faster
+            assert res.mean_steps <= paper_res.mean_steps + 1e-9
+    assert res.mean_steps < 16  # with 2 % allowance some samples do exit early
+    with pytest.raises(ann2snn.ConfigError):
+        calibrate_iat(snn, calib, 16, tolerance=1.5)

@@ -21,7 +21,20 @@ from .serialize import load, save
 
 __version__ = "0.1.0"
 
+_EXPORTS = ("export_nir", "import_nir", "save_portable", "load_portable")
+
+
+def __getattr__(name: str):
+    # ann2snn.export_nir(snn, path) and friends, imported on first use (nir / onnx stay optional)
+    if name in _EXPORTS:
+        from . import export
+
+        return getattr(export, name)
+    raise AttributeError(f"module 'ann2snn' has no attribute {name!r}")
+
+
 __all__ = [
     "CalibrationError", "ConfigError", "ConversionConfig", "ConversionError", "SerializationError",
     "SpikingModel", "UnsupportedOperationError", "adapt", "calibrate", "calibrate_iat", "run_iat", "convert", "load", "prepare", "save", "to_snn",
+    "export_nir", "import_nir", "save_portable", "load_portable",
 ]

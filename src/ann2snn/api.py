@@ -236,7 +236,8 @@ def to_snn(prepared: fx.GraphModule, caps: dict[str, int] | None = None, *, with
         mod = orig[node.target]
         if isinstance(mod, ThresholdObserver):
             cap = int(caps.get(mod.name, cfg.burst_cap if cfg.neuron == "adafire" else 1))
-            neuron = SpikingNeuron(mod.result / cap, cap=cap, v0=cfg.v0, clip=mod.clip, name=mod.name)
+            neuron = SpikingNeuron(mod.result / cap, cap=cap, v0=cfg.v0, clip=mod.clip, name=mod.name,
+                                   spread_steps=cfg.timesteps if cfg.v0_mode == "spread" else 0)
             modules[node.target] = neuron
             layers.append({"name": mod.name, "channels": int(mod.result.numel()), "cap": cap,
                            "clip_value_mean": float(mod.result.mean()), "clip_value_max": float(mod.result.max()),
@@ -289,7 +290,7 @@ def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> 
         table = burst.sensitivity_table(snn, x, cfg.timesteps, list(range(cfg.burst_min, cfg.burst_initial + 1)),
                                         cfg.burst_initial, cfg.burst_cap, cfg.sensitivity_metric, progress_bar)
         snn.info["sensitivity"] = table.to_dict()
-        caps = burst.allocate_caps(table, cfg.burst_budget, cfg.burst_min)
+        caps = burst.allocate_caps(table, cfg.burst_budget, cfg.burst_min, cost=cfg.burst_cost)
         burst.apply_caps(snn, caps)
         snn.info["caps"] = caps
     if cfg.correction != "none":
@@ -302,7 +303,8 @@ def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> 
     if cfg.iat:
         from .iat import calibrate_iat
 
-        calibrate_iat(snn, x.split(64), cfg.timesteps, cfg.iat_a, cfg.iat_b, cfg.iat_confidence)
+        calibrate_iat(snn, x.split(64), cfg.timesteps, cfg.iat_a, cfg.iat_b, cfg.iat_confidence,
+                      tolerance=cfg.iat_tolerance)
     return snn
 
 

@@ -44,6 +44,8 @@ class ConversionConfig:
         burst_min: the smallest cap the allocation may choose.
         burst_budget: rho, the allocation keeps total spikes <= rho * B.
         burst_alloc: ``sensitivity`` (per-layer caps by dynamic programming) or ``uniform``.
+        burst_cost: what the allocation's budget counts: ``spikes`` (the paper) or ``sops`` (each
+            layer's spikes priced by the synaptic operations they cause: a budget on energy).
         sensitivity_metric: ``kl`` (symmetric KL of softmax outputs), ``mse`` (for dense outputs) or
             ``auto`` (KL when the output is ``[batch, classes]``, MSE otherwise).
         mse_levels: the MSE search quantises to ``T`` levels or to ``T * burst_cap`` (``Tm``) levels.
@@ -54,7 +56,12 @@ class ConversionConfig:
         iat: calibrate an Input-aware Adaptive Timesteps schedule (stored with the model).
         iat_a, iat_b: the schedule's constants in theta_t = a + b * exp(min e - e_t).
         iat_confidence: ``entropy`` (1 - H / log C) or ``prob`` (max probability).
+        iat_tolerance: if set, ``iat_a`` / ``iat_b`` are not used as given but fitted per model: the
+            fewest mean steps on calibration data with at most this fraction of samples exiting with a
+            prediction other than the full run's (e.g. 0.005).
         v0: initial membrane potential as a fraction of the threshold (0.5 = half-threshold start).
+        v0_mode: ``initial`` (the membrane starts at ``v0 * theta``) or ``spread`` (it starts at 0 and
+            ``v0 * theta / T`` is added every step: the same charge over T steps, spread out).
         t0: delayed evaluation: the output is averaged over steps t >= t0 only.
         encoding: ``direct`` (analog input every step) or ``poisson`` (rate-coded input spikes).
         calib_batches: at most this many calibration batches are used (None: all).
@@ -77,6 +84,7 @@ class ConversionConfig:
     burst_min: int = 1
     burst_budget: float = 0.95
     burst_alloc: str = "sensitivity"
+    burst_cost: str = "spikes"
     sensitivity_metric: str = "auto"
     mse_levels: str = "T"
     adapt_samples: int = 256
@@ -86,7 +94,9 @@ class ConversionConfig:
     iat_a: float = 0.6
     iat_b: float = 0.4
     iat_confidence: str = "entropy"
+    iat_tolerance: float | None = None
     v0: float = 0.5
+    v0_mode: str = "initial"
     t0: int = 0
     encoding: str = "direct"
     calib_batches: int | None = None
@@ -105,6 +115,7 @@ class ConversionConfig:
         _choice("ltb_forward", self.ltb_forward, LTB_FORWARDS)
         _choice("correction", self.correction, CORRECTIONS)
         _choice("burst_alloc", self.burst_alloc, BURST_ALLOCS)
+        _choice("burst_cost", self.burst_cost, ("spikes", "sops"))
         _choice("sensitivity_metric", self.sensitivity_metric, SENSITIVITY_METRICS)
         _choice("mse_levels", self.mse_levels, MSE_LEVELS)
         _choice("correction_target", self.correction_target, CORRECTION_TARGETS)
@@ -132,6 +143,10 @@ class ConversionConfig:
             raise ConfigError(f"v0 must be in [0, 1] (a fraction of the threshold), got {self.v0}")
         if not (0 <= self.seed < 2**63):
             raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+        if self.iat_tolerance is not None and not (0.0 <= self.iat_tolerance < 1.0):
+            raise ConfigError(f"iat_tolerance must be in [0, 1), got {self.iat_tolerance}")
+        if self.v0_mode not in ("initial", "spread"):
+            raise ConfigError(f"v0_mode must be 'initial' or 'spread', got {self.v0_mode!r}")
         if not isinstance(self.t0, int) or self.t0 < 0:
             raise ConfigError(f"t0 must be an integer >= 0, got {self.t0!r}")
         if self.t0 >= self.timesteps:

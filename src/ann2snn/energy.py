@@ -120,10 +120,13 @@ class _EventTracer:
         self.poisson_input = poisson_input
         self.memo: dict[fx.Node, Any] = {}
         self.frame: Tensor | None = None
+        self.sources: dict[str, Tensor] = {}
 
-    def new_step(self, frame: Tensor | None) -> None:
+    def new_step(self, frame: Tensor | None, sources: dict[str, Tensor]) -> None:
+        """Trace from Poisson input events ``frame`` and neuron spike counts ``sources`` (by name)."""
         self.memo = {}
         self.frame = frame
+        self.sources = sources
 
     def events(self, node: Any) -> Any:
         if not isinstance(node, fx.Node):
@@ -135,16 +138,13 @@ class _EventTracer:
     def _events(self, node: fx.Node) -> Any:
         op = node.op
         if op == "placeholder":
-            if self.poisson_input and self.frame is not None:
-                return (self.frame != 0).to(self.frame.dtype)
-            return None
+            return self.frame if self.poisson_input else None
         if op == "get_attr":
             return None
         if op == "call_module":
             mod = self.modules[node.target]
             if isinstance(mod, SpikingNeuron):
-                s = mod.last_spikes
-                return s if s.is_floating_point() else s.to(mod.threshold.dtype)
+                return self.sources.get(mod.name)
             if isinstance(mod, WEIGHTED_MODULES) or isinstance(mod, RunningMaxPool):
                 return None
             src = self.events(node.args[0])
@@ -237,6 +237,12 @@ class SynapticCounter:
         with SynapticCounter(snn) as counter:
             out = snn.run(x, 16)
         report = counter.report()
+
+    Counting is cheap because every count is linear in the spike trains: each step only adds every
+    neuron layer's spikes into a per-layer count map (one elementwise op per layer). The fan-out
+    products, event tracing through pooling / residual / concatenation and the MAC charges are done
+    on those accumulated maps when the counts are read (:meth:`flush`), when samples exit
+    (:meth:`select`) or when the report is built, in float64 so the totals are exact integers.
     """
 
     def __init__(self, snn: SpikingModel, energy: EnergyModel | str | dict = "45nm"):
@@ -253,8 +259,11 @@ class SynapticCounter:
         self.steps: Tensor | None = None
         self.batch = 0
         self._handles: list[Any] = []
-        self._const: dict[tuple[int, float], Tensor] = {}
+        self._attached = False
         self.compacted = False
+        self._pending: dict[str, Tensor] = {}  # neuron name -> spikes summed since the last flush
+        self._pending_input: Tensor | None = None  # Poisson input events since the last flush
+        self._pending_steps = 0
 
     def _plan(self) -> None:
         """Find synaptic layers, neuron layers and the additions that feed neurons directly."""
@@ -272,6 +281,7 @@ class SynapticCounter:
                 operands = _additive_operands(node.args[0])
                 if len(operands) > 1:
                     self.shortcuts.append((node, operands))
+        self._neuron_mods = [self.modules[n.target] for n in self.neurons]
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> SynapticCounter:
@@ -284,17 +294,29 @@ class SynapticCounter:
     def attach(self) -> None:
         self.layers = {}
         self.batch = 0
+        self._attached = True
         self.snn.step_hooks.append(self._on_step)
         self.snn.counters.append(self)
-        for node in self.synaptic:
-            mod = self.modules[node.target]
-            self._handles.append(mod.register_forward_hook(self._shape_hook(node.target)))
+        self._watch_shapes()
 
     def detach(self) -> None:
+        self.flush()
+        self._attached = False
         if self._on_step in self.snn.step_hooks:
             self.snn.step_hooks.remove(self._on_step)
         if self in self.snn.counters:
             self.snn.counters.remove(self)
+        self._unwatch_shapes()
+
+    def _watch_shapes(self) -> None:
+        """Record every synaptic layer's input / output shape on the next step (then stop watching)."""
+        if self._handles:
+            return
+        for node in self.synaptic:
+            mod = self.modules[node.target]
+            self._handles.append(mod.register_forward_hook(self._shape_hook(node.target)))
+
+    def _unwatch_shapes(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -307,82 +329,164 @@ class SynapticCounter:
     def begin(self, batch: int, device: torch.device) -> None:
         """Called by the model at the start of a run: counts restart for a new batch."""
         self.batch = batch
+        dtype = _count_dtype(device)
         self.index = torch.arange(batch, device=device)
-        self.steps = torch.zeros(batch, device=device, dtype=torch.float64)
+        self.steps = torch.zeros(batch, device=device, dtype=dtype)
         self.layers = {}
         self.compacted = False
+        self._pending = {}
+        self._pending_input = None
+        self._pending_steps = 0
+        if self._attached:
+            self._watch_shapes()  # the input size may differ from the previous run's
 
     def select(self, index: Tensor) -> None:
         """Samples outside ``index`` have exited: they stop being counted."""
         if self.index is not None:
+            self.flush()
             self.index = self.index.index_select(0, index.to(self.index.device))
             self.compacted = True
 
+    # -- per step: one elementwise accumulation per neuron layer ------------------------------------
+    def _on_step(self, snn: SpikingModel) -> None:
+        if self.index is None:
+            return
+        if self._handles:
+            self._unwatch_shapes()  # shapes are known after the first step of a run
+        if self._pending_steps >= _UINT8_STEPS:
+            self.flush()  # 1-bit spikes are summed in uint8: flush before a count could overflow
+        pending = self._pending
+        for mod in self._neuron_mods:
+            s = mod.last_spikes
+            buf = pending.get(mod.name)
+            if buf is None:  # bool spikes sum in uint8: a third of the memory traffic of float32
+                pending[mod.name] = s.to(torch.uint8 if s.dtype == torch.bool else mod.threshold.dtype)
+            else:
+                buf.add_(s)
+        if self.events.poisson_input and snn.last_input is not None:
+            nz = snn.last_input != 0
+            if self._pending_input is None:
+                self._pending_input = nz.to(torch.uint8)
+            else:
+                self._pending_input.add_(nz)
+        self._pending_steps += 1
+
+    # -- accumulated maps -> per-sample counts ------------------------------------------------------
     def _acc(self, name: str, kind: str, attr: str, values: Tensor) -> LayerCount:
         layer = self.layers.get(name)
         if layer is None:
             layer = self.layers[name] = LayerCount(name, kind)
         total = getattr(layer, attr)
         if total is None:
-            total = torch.zeros(self.batch, device=values.device, dtype=torch.float64)
+            total = torch.zeros(self.batch, device=values.device, dtype=self.steps.dtype)
             setattr(layer, attr, total)
+        values = values.to(total.dtype)
         if self.compacted:
-            total.index_add_(0, self.index, values.to(torch.float64))
+            total.index_add_(0, self.index, values)
         else:  # no sample has exited: rows line up with the batch
             total.add_(values)
         return layer
 
-    def _ones(self, value: float) -> Tensor:
-        n = self.index.numel()
-        cached = self._const.get((n, value))
-        if cached is None:
-            cached = self._const[(n, value)] = torch.full((n,), value, device=self.index.device, dtype=torch.float64)
-        return cached
-
-    # -- per step --------------------------------------------------------------------------------
-    def _on_step(self, snn: SpikingModel) -> None:
-        if self.index is None:
+    def flush(self) -> None:
+        """Turn the spikes accumulated since the last flush into per-sample counts."""
+        steps = self._pending_steps
+        if self.index is None or steps == 0:
             return
-        self.events.new_step(snn.last_input)
-        if self.compacted:
-            self.steps.index_add_(0, self.index, torch.ones_like(self.index, dtype=torch.float64))
-        else:
-            self.steps.add_(1.0)
-        for node in self.neurons:
-            mod = self.modules[node.target]
-            s = mod.last_spikes
-            layer = self._acc(mod.name, "neuron", "spikes", s.flatten(1).sum(1))
-            layer.neurons = int(s[0].numel())
+        dtype = self.steps.dtype
+        n = self.index.numel()
+        self._acc_steps(float(steps))
+        sources = {name: counts.to(dtype) for name, counts in self._pending.items()}
+        for mod in self._neuron_mods:
+            counts = sources.get(mod.name)
+            if counts is None:
+                continue
+            layer = self._acc(mod.name, "neuron", "spikes", counts.flatten(1).sum(1, dtype=dtype))
+            layer.neurons = int(counts[0].numel())
+        frame = None if self._pending_input is None else self._pending_input.to(dtype)
+        self.events.new_step(frame, sources)
         for node in self.synaptic:
             mod = self.modules[node.target]
             in_shape, out_shape = self._shape[node.target]
             ev = self.events.events(node.args[0])
+            macs = dense_macs(mod, in_shape, out_shape)
             if ev is None:
-                macs = dense_macs(mod, in_shape, out_shape)
-                layer = self._acc(node.target, "synaptic", "macs", self._ones(float(macs)))
+                per_sample = torch.full((n,), float(macs) * steps, device=self.index.device, dtype=dtype)
+                layer = self._acc(node.target, "synaptic", "macs", per_sample)
             else:
                 key = (node.target, in_shape)
                 fan = self._fanout.get(key)
                 if fan is None:
-                    fan = self._fanout[key] = fanout_map(mod, torch.Size(in_shape), ev.device).to(ev.dtype)
-                layer = self._acc(node.target, "synaptic", "sops", ev.flatten(1) @ fan.reshape(-1))
-            layer.dense_macs = dense_macs(mod, in_shape, out_shape)
+                    fan = self._fanout[key] = fanout_map(mod, torch.Size(in_shape), ev.device).to(dtype)
+                layer = self._acc(node.target, "synaptic", "sops", ev.flatten(1).to(dtype) @ fan.reshape(-1))
+            layer.dense_macs = macs
         for node, operands in self.shortcuts:
             total = None
             for operand in operands:
                 ev = self.events.events(operand)
                 if ev is not None:
-                    part = ev.flatten(1).sum(1)
+                    part = ev.flatten(1).sum(1, dtype=dtype)
                     total = part if total is None else total + part
             if total is not None:
                 self._acc(f"{self.modules[node.target].name}.shortcut", "shortcut", "sops", total)
+        self.events.new_step(None, {})
+        self._pending = {}
+        self._pending_input = None
+        self._pending_steps = 0
+
+    def attribute(self) -> dict[str, float]:
+        """Synaptic operations caused by each neuron layer's spikes since the last flush, summed over
+        the batch (what that layer's spikes cost downstream: its spikes times their fan-out, through
+        pooling, residual and concatenation paths). Call before the counts are flushed (before
+        :meth:`report` or leaving the ``with`` block)."""
+        if not self._pending:
+            raise RuntimeError("nothing to attribute: run the model with the counter attached first")
+        dtype = self.steps.dtype
+        counts = {name: c.to(dtype) for name, c in self._pending.items()}
+        zeros = {name: torch.zeros_like(c) for name, c in counts.items()}
+        out = {}
+        for name in counts:
+            self.events.new_step(None, {**zeros, name: counts[name]})
+            total = 0.0
+            for node in self.synaptic:
+                ev = self.events.events(node.args[0])
+                if ev is None:
+                    continue
+                mod = self.modules[node.target]
+                in_shape = self._shape[node.target][0]
+                fan = self._fanout.get((node.target, in_shape))
+                if fan is None:
+                    fan = self._fanout[(node.target, in_shape)] = fanout_map(mod, torch.Size(in_shape), ev.device).to(dtype)
+                total += float(ev.flatten(1).to(dtype).sum(0) @ fan.reshape(-1))
+            for _node, operands in self.shortcuts:
+                for operand in operands:
+                    ev = self.events.events(operand)
+                    if ev is not None:
+                        total += float(ev.sum(dtype=dtype))
+            out[name] = total
+        self.events.new_step(None, {})
+        return out
+
+    def _acc_steps(self, steps: float) -> None:
+        if self.compacted:
+            self.steps.index_add_(0, self.index, torch.full_like(self.index, steps, dtype=self.steps.dtype))
+        else:
+            self.steps.add_(steps)
 
     # -- results ---------------------------------------------------------------------------------
     def report(self) -> EnergyReport:
         """Per-sample averages over the last run's batch, per layer and in total."""
         if self.steps is None:
             raise RuntimeError("the counter has not seen a run yet")
+        self.flush()
         return EnergyReport.build(self)
+
+
+_UINT8_STEPS = 255
+
+
+def _count_dtype(device: torch.device) -> torch.dtype:
+    """Counts are float64 (exact integers far beyond 2**24) wherever the device has it."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _additive_operands(node: Any) -> list[fx.Node]:

@@ -300,6 +300,7 @@ def evaluate_classifier(
         raise ConfigError("the model has no IAT schedule: convert it with iat=True (ann2snn convert --iat)")
     use_iat = has_schedule if iat is None else bool(iat)
     iat_correct, iat_steps, iat_sops, iat_macs = 0, 0.0, 0.0, 0.0
+    iat_hist = torch.zeros(timesteps, dtype=torch.long)
 
     batches, total = _batches(data, batch_size, max_batches, shard)
     start = time.perf_counter()
@@ -344,6 +345,7 @@ def evaluate_classifier(
                 exited = run_iat(snn, x, timesteps)
             iat_correct += int((_predict(exited.output) == y).sum())
             iat_steps += float(exited.exit_steps.sum())
+            iat_hist += torch.bincount(exited.exit_steps.cpu() - 1, minlength=timesteps)[:timesteps]
         samples += int(y.shape[0])
     if D.is_distributed():  # counts and sums over every rank's share; energy reports gathered in rank order
         ints = D.all_reduce_sum(torch.tensor([*correct_t.tolist(), correct_ann, samples, iat_correct,
@@ -355,12 +357,14 @@ def evaluate_classifier(
         sops_t, macs_t = floats[:timesteps], floats[timesteps:2 * timesteps]
         iat_steps, iat_sops, iat_macs = floats[2 * timesteps:].tolist()
         reports = [r for part in D.all_gather_object(reports) for r in part]
+        iat_hist = D.all_reduce_sum(iat_hist)
     if samples == 0:
         raise ConfigError("evaluation data is empty")
     merged = merge_energy_reports(reports) if reports else None
     iat_result = None
     if use_iat:
         iat_result = {"accuracy": iat_correct / samples, "mean_steps": iat_steps / samples,
+                      "exit_histogram": iat_hist.tolist(),  # samples that stopped after 1, 2, ..., T steps
                       "sops": None, "macs": None, "energy_ratio": None}
         if merged is not None:
             m = merged.energy_model
@@ -390,6 +394,7 @@ class _CumulativeOps:
         self.macs: list[float] = []
 
     def __call__(self, _snn: SpikingModel) -> None:
+        self.counter.flush()  # the counter defers its fan-out products; read totals need them now
         layers = self.counter.layers.values()
         self.sops.append(float(sum(float(la.sops.sum()) for la in layers if la.sops is not None)))
         self.macs.append(float(sum(float(la.macs.sum()) for la in layers if la.macs is not None)))

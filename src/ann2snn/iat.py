@@ -46,6 +46,7 @@ class IATSchedule:
     b: float
     mean_entropy: list[float]
     confidence: str = "entropy"
+    fit: dict[str, Any] | None = None  # how (a, b) were chosen, when calibrated to a tolerance
 
     def thresholds(self) -> list[float]:
         low = min(self.mean_entropy)
@@ -66,16 +67,26 @@ class IATSchedule:
 
 @torch.no_grad()
 def calibrate_iat(snn: SpikingModel, data: Any, timesteps: int | None = None, a: float = 0.6, b: float = 0.4,
-                  kind: str = "entropy", max_batches: int = 100) -> IATSchedule:
-    """Mean normalised entropy at every step over calibration data; stored in ``snn.info['iat']``.
+                  kind: str = "entropy", max_batches: int = 100, tolerance: float | None = None) -> IATSchedule:
+    """Calibrate the exit schedule on calibration data; stored in ``snn.info['iat']``.
 
-    Under ``torch.distributed`` each rank gives its share of the data; the sums are all-reduced.
+    The mean normalised entropy at every step gives the schedule's shape. With ``tolerance=None`` the
+    constants ``a, b`` are used as given (the paper's 0.6 / 0.4). With a tolerance, ``a`` and ``b``
+    are chosen per model: the pair that needs the fewest mean steps on the calibration data while at
+    most a ``tolerance`` fraction of its samples exit with a prediction different from the one the
+    full ``timesteps`` run gives (no labels needed; that disagreement bounds the accuracy lost).
+
+    Under ``torch.distributed`` each rank gives its share of the data; the sums are all-reduced and
+    the per-sample confidences gathered, so every rank fits the same schedule.
     """
     from . import distributed as D
     from .api import iter_inputs
 
+    if tolerance is not None and not 0.0 <= tolerance < 1.0:
+        raise ConfigError(f"IAT tolerance must be in [0, 1), got {tolerance}")
     timesteps = timesteps or snn.config.timesteps
     sums = torch.zeros(timesteps, dtype=torch.float64)
+    confs, preds = [], []
     n = 0
     for i, x in enumerate(iter_inputs(data)):
         if i >= max_batches:
@@ -85,6 +96,9 @@ def calibrate_iat(snn: SpikingModel, data: Any, timesteps: int | None = None, a:
         _, history = snn.run(x, timesteps, return_all=True)
         ent = torch.stack([normalised_entropy(h) for h in history])  # [T, B]
         sums += ent.sum(1).double().cpu()
+        if tolerance is not None:
+            confs.append(torch.stack([confidence(h, kind) for h in history]).cpu())
+            preds.append(torch.stack([h.flatten(1).argmax(1) for h in history]).cpu())
         n += x.shape[0]
     if D.is_distributed():
         reduced = D.all_reduce_sum(torch.cat([sums, torch.tensor([float(n)], dtype=torch.float64)]))
@@ -92,8 +106,47 @@ def calibrate_iat(snn: SpikingModel, data: Any, timesteps: int | None = None, a:
     if n == 0:
         raise ConfigError("IAT calibration needs at least one batch")
     schedule = IATSchedule(a, b, (sums / n).tolist(), kind)
+    if tolerance is not None:
+        conf = torch.cat(confs, 1) if confs else torch.empty(timesteps, 0)
+        pred = torch.cat(preds, 1) if preds else torch.empty(timesteps, 0, dtype=torch.long)
+        if D.is_distributed():  # samples are columns: gather them in rank order
+            conf, pred = D.all_gather_cat(conf.T.contiguous()).T, D.all_gather_cat(pred.T.contiguous()).T
+        schedule = _fit_schedule(schedule, conf, pred, tolerance)
     snn.info["iat"] = schedule.to_dict()
     return schedule
+
+
+def exit_steps(thresholds: Tensor, conf: Tensor) -> Tensor:
+    """0-based exit step of each sample (columns of ``conf [T, N]``) under per-step ``thresholds [T]``."""
+    over = conf > thresholds[:, None]
+    over[-1] = True  # everyone stops at the horizon
+    return over.to(torch.uint8).argmax(0)  # the first step over the threshold
+
+
+def _fit_schedule(base: IATSchedule, conf: Tensor, pred: Tensor, tolerance: float) -> IATSchedule:
+    """Grid search over (a, b), a + b <= 1.5, for the fewest mean steps within the tolerance."""
+    T, n = conf.shape
+    final = pred[-1]
+    best = None
+    grid = [i / 40 for i in range(41)]
+    for a in grid:
+        for b in grid:
+            if a + b > 1.5:
+                continue
+            th = torch.tensor(IATSchedule(a, b, base.mean_entropy, base.confidence).thresholds(), dtype=conf.dtype)
+            steps = exit_steps(th, conf)
+            changed = float((pred.gather(0, steps[None])[0] != final).float().mean())
+            if changed > tolerance:
+                continue
+            key = (float(steps.float().mean()), changed, -(a + b))
+            if best is None or key < best[0]:
+                best = (key, a, b)
+    if best is None:  # cannot happen: a schedule no sample passes exits everyone at T, changing nothing
+        return base
+    (mean_steps, changed, _), a, b = best
+    fit = {"tolerance": tolerance, "samples": n, "mean_steps": mean_steps + 1, "changed": changed,
+           "paper_a": base.a, "paper_b": base.b}
+    return IATSchedule(a, b, base.mean_entropy, base.confidence, fit)
 
 
 @dataclass

@@ -7,6 +7,8 @@ A MODEL is one of
 * ``package.module:factory``: your code is imported and ``factory()`` builds the model; ``weights``
   (a ``state_dict`` file) is loaded into it with ``torch.load(weights_only=True)`` and strict key
   matching;
+* an ONNX file (``model.onnx``, from PyTorch or Keras): read by :mod:`ann2snn.export.onnx` (needs the
+  ``onnx`` package);
 * a file holding a whole pickled ``nn.Module`` (``torch.save(model, path)``). Unpickling runs code
   from the file, so it is refused unless ``trust_pickle=True``.
 
@@ -48,7 +50,7 @@ class LoadedModel:
 
     module: nn.Module
     name: str
-    kind: str  # "zoo" | "factory" | "pickle"
+    kind: str  # "zoo" | "factory" | "pickle" | "onnx"
     weights: str | None = None
     input_shape: tuple[int, ...] | None = None
     dataset: str | None = None
@@ -161,6 +163,8 @@ def load_model(spec: str, weights: str | os.PathLike | None = None, *, trust_pic
     if spec in zoo.ZOO:
         return _zoo_model(spec, weights, allow_untrained)
     path = Path(spec).expanduser()
+    if path.suffix.lower() == ".onnx":
+        return _onnx_model(path, weights)
     looks_like_file = path.suffix.lower() in (".pt", ".pth", ".pkl", ".ckpt", ".bin") or os.sep in spec
     if ":" in spec and not path.exists() and not looks_like_file:
         return _factory_model(spec, weights)
@@ -194,6 +198,16 @@ def _zoo_model(name: str, weights: str | os.PathLike | None, allow_untrained: bo
         used = f"zoo:{entry.checkpoint}"
     model.eval()
     return LoadedModel(model, name, "zoo", used, tuple(entry.input_shape), entry.dataset, entry.num_classes)
+
+
+def _onnx_model(path: Path, weights: str | os.PathLike | None) -> LoadedModel:
+    """An ONNX file, read by ann2snn's own ONNX reader (needs the ``onnx`` package)."""
+    from .export.onnx import load_onnx
+
+    if weights is not None:
+        raise LoadError(f"{path} is an ONNX model, which holds its weights: drop --weights")
+    module, shape, notes = load_onnx(path)
+    return LoadedModel(module, str(path), "onnx", None, shape, extra={"notes": notes} if notes else {})
 
 
 def _factory_model(spec: str, weights: str | os.PathLike | None) -> LoadedModel:

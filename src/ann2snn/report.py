@@ -108,6 +108,24 @@ def plot_thresholds(snn: SpikingModel, path: str | os.PathLike) -> Path:
     return path
 
 
+def plot_exit_steps(histogram: list[int], path: str | os.PathLike, mean_steps: float | None = None) -> Path:
+    """Bar chart of how many samples exited after each number of steps (adaptive timesteps)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    steps = list(range(1, len(histogram) + 1))
+    ax.bar(steps, histogram, color="tab:blue")
+    if mean_steps is not None:
+        ax.axvline(mean_steps, color="tab:red", linestyle="--", label=f"mean {mean_steps:.2f}")
+        ax.legend()
+    ax.set_xlabel("exit step")
+    ax.set_ylabel("samples")
+    ax.set_title("Input-aware adaptive timesteps: exit steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def _md_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -149,6 +167,11 @@ def _sections(result: EvalResult, snn: SpikingModel) -> list[tuple[str, Any]]:
     out.append(("p", "The gap SNN → ceiling is the unevenness error (spikes arriving unevenly in time); "
                      "ceiling → ANN is the clipping and quantisation error of the thresholds."))
     out.append(("img", ("accuracy.png", "accuracy against T")))
+    if result.iat is not None and result.iat.get("exit_histogram"):
+        out.append(("h2", "Adaptive timesteps"))
+        out.append(("p", f"Samples stop as soon as the network is confident: {result.iat['mean_steps']:.2f} of "
+                         f"{result.timesteps} steps on average."))
+        out.append(("img", ("exit_steps.png", "distribution of exit steps")))
     e = result.energy
     if e is not None:
         m = e.energy_model
@@ -226,6 +249,8 @@ def write_report(directory: str | os.PathLike, result: EvalResult, snn: SpikingM
     if result.energy is not None:
         result.energy.plot(str(d / "energy.png"))
     plot_thresholds(snn, d / "thresholds.png")
+    if result.iat is not None and result.iat.get("exit_histogram"):
+        plot_exit_steps(result.iat["exit_histogram"], d / "exit_steps.png", result.iat["mean_steps"])
     (d / "results.json").write_text(result.to_json(indent=2) + "\n")
     source = snn.info.get("source", {}) or {}
     if title is None:

@@ -95,6 +95,8 @@ class SensitivityTable:
     metric: str
     timesteps: int
     samples: int
+    baseline_layer_spikes: list[float] | None = None  # per layer, every cap at the target
+    sops_per_spike: list[float] | None = None  # per layer: synaptic operations one of its spikes costs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,8 +127,11 @@ def sensitivity_table(
     try:
         for n in neurons.values():
             n.set_cap(target_cap)
-        _, base = simulate_with_tally(snn, x, timesteps)
-        baseline = sum(base.values())
+        from ..energy import SynapticCounter
+
+        with SynapticCounter(snn) as counter:  # the baseline run also prices each layer's spikes
+            _, base = simulate_with_tally(snn, x, timesteps)
+            caused = counter.attribute()
         jobs = [(name, m) for name in neurons for m in caps]
         div_sums, div_counts, job_spikes = [], [], []
         for name, m in bar(jobs, len(jobs), "burst sensitivity", progress):
@@ -140,14 +145,18 @@ def sensitivity_table(
     finally:
         for name, n in neurons.items():
             n.set_cap(saved[name])
-    # divergences and spike counts are sums over samples: one reduction over the ranks' shares
+    # divergences, spike counts and the SOPs they cause are sums over samples: one reduction over the
+    # ranks' shares (a no-op in one process)
+    names = list(neurons)
     divs = reduce_means(div_sums, div_counts)
-    *job_spikes, baseline, samples = D.sum_floats([*job_spikes, baseline, x.shape[0]])
-    k = len(caps)
-    sens = [divs[i * k:(i + 1) * k] for i in range(len(neurons))]
-    spikes = [job_spikes[i * k:(i + 1) * k] for i in range(len(neurons))]
-    return SensitivityTable(list(neurons), list(caps), sens, spikes, target_cap, initial_cap, baseline, metric,
-                            timesteps, int(samples))
+    totals = D.sum_floats([*job_spikes, *(base[n] for n in names), *(caused[n] for n in names), x.shape[0]])
+    k, L = len(caps), len(names)
+    job_spikes, base_layers, caused_layers = totals[:k * L], totals[k * L:k * L + L], totals[k * L + L:-1]
+    per_spike = [c / b if b > 0 else 0.0 for c, b in zip(caused_layers, base_layers, strict=True)]
+    sens = [divs[i * k:(i + 1) * k] for i in range(L)]
+    spikes = [job_spikes[i * k:(i + 1) * k] for i in range(L)]
+    return SensitivityTable(names, list(caps), sens, spikes, target_cap, initial_cap, sum(base_layers), metric,
+                            timesteps, int(totals[-1]), base_layers, per_spike)
 
 
 def multiple_choice_knapsack(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]],
@@ -209,13 +218,28 @@ def solve_budgeted(costs: Sequence[Sequence[float]], values: Sequence[Sequence[f
 
 
 def allocate_caps(table: SensitivityTable, rho: float = 0.95, min_cap: int = 1,
-                  resolution: int = 2000) -> dict[str, int]:
-    """Caps minimising total sensitivity with total spikes <= rho * B (exact DP, see solve_budgeted)."""
+                  resolution: int = 2000, cost: str = "spikes") -> dict[str, int]:
+    """Caps minimising total sensitivity with total cost <= rho * B (exact DP, see solve_budgeted).
+
+    ``cost="spikes"`` (the paper): N_l(m) is layer l's spike count, B the total spikes with every cap
+    at the target. ``cost="sops"``: each layer's spikes are priced by the synaptic operations one of
+    them causes downstream, so the budget is on energy and layers with a large fan-out get smaller caps.
+    """
     allowed = [i for i, m in enumerate(table.caps) if m >= min_cap]
     layers = range(len(table.layers))
-    costs = [[table.spikes[k][i] for i in allowed] for k in layers]
+    if cost == "sops":
+        if table.sops_per_spike is None or table.baseline_layer_spikes is None:
+            raise ValueError("this sensitivity table has no per-layer prices; measure it again")
+        price = table.sops_per_spike
+        budget = sum(p * b for p, b in zip(price, table.baseline_layer_spikes, strict=True))
+    elif cost == "spikes":
+        price = [1.0] * len(table.layers)
+        budget = table.baseline_spikes
+    else:
+        raise ValueError(f"unknown burst cost {cost!r}; choose spikes or sops")
+    costs = [[table.spikes[k][i] * price[k] for i in allowed] for k in layers]
     values = [[table.sensitivity[k][i] for i in allowed] for k in layers]
-    picked = solve_budgeted(costs, values, rho * table.baseline_spikes, resolution)
+    picked = solve_budgeted(costs, values, rho * budget, resolution)
     if picked is None:  # the budget cannot be met: take the cheapest cap of every layer
         picked = [min(range(len(allowed)), key=lambda i, k=k: costs[k][i]) for k in layers]
     return {name: table.caps[allowed[i]] for name, i in zip(table.layers, picked, strict=True)}
@@ -230,13 +254,14 @@ def apply_caps(snn: SpikingModel, caps: dict[str, int]) -> None:
             layer["cap"] = caps[layer["name"]]
 
 
-def reallocate(snn: SpikingModel, rho: float, min_cap: int | None = None) -> dict[str, int]:
+def reallocate(snn: SpikingModel, rho: float, min_cap: int | None = None, cost: str | None = None) -> dict[str, int]:
     """Choose caps again for another budget from the table stored in ``snn.info`` (no simulation)."""
     stored = snn.info.get("sensitivity")
     if not stored:
         raise ValueError("this SNN has no stored sensitivity table (convert with neuron='adafire')")
     table = SensitivityTable.from_dict(stored)
-    caps = allocate_caps(table, rho, min_cap if min_cap is not None else snn.config.burst_min)
+    caps = allocate_caps(table, rho, min_cap if min_cap is not None else snn.config.burst_min,
+                         cost=cost or snn.config.burst_cost)
     apply_caps(snn, caps)
     snn.info["caps"] = caps
     return caps

@@ -5,6 +5,7 @@
     ann2snn inspect vgg_digits
     ann2snn zoo
     ann2snn report snn.pt --data digits --out DIR
+    ann2snn export snn.pt --format nir --out snn.nir
 
 Exit status: 0 success; 1 ``inspect`` found operations that cannot convert, or an unexpected
 internal error; 2 bad input (a one-line ``ann2snn: error: ...`` on stderr, nothing written).
@@ -24,12 +25,12 @@ import sys
 from .. import __version__
 from .. import distributed as D
 from ..errors import ConversionError, UnsupportedOperationError
-from . import convert, evaluate, inspect, report, zoo
+from . import convert, evaluate, export, inspect, report, zoo
 from .common import Parser, UsageError, one_line
 
 __all__ = ["build_parser", "main"]
 
-SUBCOMMANDS = (convert, evaluate, inspect, zoo, report)
+SUBCOMMANDS = (convert, evaluate, inspect, zoo, report, export)
 
 
 def build_parser() -> Parser:

@@ -12,9 +12,9 @@ from .. import distributed as D
 from ..data import subset
 from ..energy import ENERGY_PRESETS
 from ..evaluation import EvalResult, evaluate_classifier
+from ..export import load_snn
 from ..loading import LoadError, load_data
 from ..model import SpikingModel
-from ..serialize import load
 from .common import UsageError, add_data_options, add_quiet, check_output_dir, positive_int, progress_flag
 
 HELP = "evaluate a saved spiking model: accuracy at T = 1, 2, 4, ..., the ANN, the ceiling, energy"
@@ -26,7 +26,8 @@ EPILOG = """examples:
 
 
 def add_eval_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("snn", metavar="SNN", help="a spiking model saved by `ann2snn convert`")
+    p.add_argument("snn", metavar="SNN", help="a spiking model saved by `ann2snn convert`, a .nir file or a portable "
+                   "folder from `ann2snn export`")
     add_data_options(p, required=False)
     p.add_argument("--timesteps", "-T", type=int, default=None, metavar="T",
                    help="simulate T steps (default: the model's timesteps); accuracy is shown at 1, 2, 4, ..., T")
@@ -56,7 +57,7 @@ def evaluate_from_args(args: argparse.Namespace, report_dir: str | None) -> tupl
     if (args.mean is None) != (args.std is None):
         raise UsageError("give both --mean and --std, or neither")
     out_dir = check_output_dir(report_dir) if report_dir else None
-    snn = load(args.snn)
+    snn = load_snn(args.snn)
     source = snn.info.get("source") or {}
     data_name = args.data or source.get("data")
     if not data_name:

@@ -48,6 +48,8 @@ class SpikingNeuron(StatefulModule):
         threshold: per-channel thresholds (shape ``[C]``) or one scalar.
         cap: burst cap m (1 = IF neuron).
         v0: initial membrane as a fraction of the threshold.
+        spread_steps: if > 0, the membrane starts at 0 and ``v0 * threshold / spread_steps`` is added
+            every step instead (ALGORITHMS.md §2: the half-threshold start spread over the window).
         clip: an upper bound of the activation it replaces (ReLU6: 6), ``None`` for plain ReLU.
         name: the graph node it replaces, for reports.
     """
@@ -59,6 +61,7 @@ class SpikingNeuron(StatefulModule):
         v0: float = 0.5,
         clip: float | None = None,
         name: str = "",
+        spread_steps: int = 0,
     ) -> None:
         super().__init__()
         threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
@@ -67,6 +70,7 @@ class SpikingNeuron(StatefulModule):
         self.register_buffer("bias_shift", torch.zeros_like(threshold))
         self.cap = int(cap)
         self.v0 = float(v0)
+        self.spread_steps = int(spread_steps)
         self.clip = clip
         self.name = name
         self.analog: str | None = None
@@ -74,19 +78,22 @@ class SpikingNeuron(StatefulModule):
         self.v: Tensor | None = None
         self.last_spikes: Tensor | None = None
         self.has_bias_shift = False
+        self._shift: Tensor | None = None
         self._theta_cache: tuple | None = None
 
     def extra_repr(self) -> str:
         kind = "IF" if self.cap == 1 else f"AdaFire(cap={self.cap})"
-        return f"{kind}, channels={self.threshold.numel()}, v0={self.v0}, name={self.name!r}"
+        spread = f" spread over {self.spread_steps} steps" if self.spread_steps else ""
+        return f"{kind}, channels={self.threshold.numel()}, v0={self.v0}{spread}, name={self.name!r}"
 
     def spec(self) -> dict[str, Any]:
         return {"cap": self.cap, "v0": self.v0, "clip": self.clip, "name": self.name,
-                "threshold_shape": list(self.threshold.shape)}
+                "threshold_shape": list(self.threshold.shape), "spread_steps": self.spread_steps}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> SpikingNeuron:
-        return cls(torch.zeros(spec["threshold_shape"]), spec["cap"], spec["v0"], spec["clip"], spec["name"])
+        return cls(torch.zeros(spec["threshold_shape"]), spec["cap"], spec["v0"], spec["clip"], spec["name"],
+                   int(spec.get("spread_steps", 0)))
 
     @torch.no_grad()
     def set_cap(self, cap: int) -> None:
@@ -123,10 +130,15 @@ class SpikingNeuron(StatefulModule):
             return self._analog(x, theta)
         if self.v is None:
             offset = broadcast_channel(self.v0_offset, x.ndim).to(x.dtype)
-            self.v = NF.initial_potential(x, theta, self.v0, offset)
-            self.has_bias_shift = bool(self.bias_shift.any())
+            start = 0.0 if self.spread_steps else self.v0
+            self.v = NF.initial_potential(x, theta, start, offset)
+            shift = self.bias_shift
+            if self.spread_steps:
+                shift = shift + self.threshold * (self.v0 / self.spread_steps)
+            self.has_bias_shift = bool(shift.any())
+            self._shift = broadcast_channel(shift, x.ndim).to(x.dtype) if self.has_bias_shift else None
         if self.has_bias_shift:
-            x = x + broadcast_channel(self.bias_shift, x.ndim).to(x.dtype)
+            x = x + self._shift
         # The same dynamics as NF.burst_step, fused and in place on the state this module owns:
         # the charge a spike removes is exactly the output it sends on.
         v = self.v.add_(x)

@@ -5,6 +5,7 @@
 """
 
 from . import catalog  # noqa: F401  (registers the built-in models)
+from .hed import HED, find_hed_weights, hed_preprocess, load_hed
 from .models import CNN, MLP, VGG, BasicBlock, InvertedResidual, MobileNetV2, ResNet
 from .registry import (
     WEIGHTS_DIR,
@@ -21,6 +22,7 @@ from .training import evaluate_accuracy, train_classifier
 
 __all__ = [
     "CNN",
+    "HED",
     "MLP",
     "VGG",
     "WEIGHTS_DIR",
@@ -33,8 +35,11 @@ __all__ = [
     "ZooEntry",
     "create_model",
     "evaluate_accuracy",
+    "find_hed_weights",
     "get_entry",
+    "hed_preprocess",
     "list_models",
+    "load_hed",
     "load_metadata",
     "register_model",
     "train_classifier",

