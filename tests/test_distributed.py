@@ -26,7 +26,7 @@ METHODS = {
 }
 # everything that simulates the SNN on calibration data: AdaFire sensitivity + DP, both corrections, SSC, IAT
 ADAPT = dict(threshold="max", neuron="adafire", burst_cap=2, burst_initial=3, correction="both", ssc_tau=0.3,
-             iat=True, adapt_samples=25, timesteps=4)
+             iat=True, iat_tolerance=0.2, adapt_samples=25, timesteps=4)
 
 
 def model_and_data():
@@ -146,6 +146,7 @@ def test_sensitivity_caps_corrections_ssc_iat_equal_one_process(runs):
     assert a["ssc_table"]["spikes"] == b["ssc_table"]["spikes"]
     assert_close(a, b, "adapt")
     assert any(float(t.abs().max()) > 0 for t in a["bias_shift"])  # the correction did something
+    assert a["iat"]["fit"]["samples"] == b["iat"]["fit"]["samples"] == 25  # the schedule was fitted on all samples
 
 
 @pytest.mark.parametrize("key", ["eval", "eval_dataset", "eval_batches"])
