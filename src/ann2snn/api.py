@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
+from . import distributed as D
 from .calibration.observers import ThresholdObserver
 from .config import ConversionConfig, resolve_config
 from .errors import CalibrationError, ConversionError
@@ -123,7 +124,9 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 def progress(iterable: Iterable, total: int | None, desc: str, enabled: bool | None) -> Iterable:
-    """A tqdm bar, shown only on a terminal unless forced on or off."""
+    """A tqdm bar, shown only on a terminal unless forced on or off, and only by rank 0."""
+    if not D.is_main():
+        return iterable
     if enabled is None:
         enabled = sys.stderr.isatty()
     if not enabled:
@@ -138,6 +141,10 @@ def calibrate(prepared: fx.GraphModule, data: Any, *, progress_bar: bool | None 
 
     ``data`` is a tensor, or any iterable of tensors or ``(input, target)`` pairs (a DataLoader).
     LTB cycles through the data until it has done ``ltb_iters`` iterations.
+
+    Under ``torch.distributed`` (e.g. ``torchrun``) give every rank the same data: each rank keeps
+    and runs its own slice of every batch and the observers all-reduce what they measure, so all
+    ranks end with the thresholds one process computes (:mod:`ann2snn.distributed`).
     """
     meta = prepared.meta.get(META_KEY)
     if meta is None:
@@ -146,11 +153,20 @@ def calibrate(prepared: fx.GraphModule, data: Any, *, progress_bar: bool | None 
     obs = observers(prepared)
     device = _device_of(prepared)
     cached: list[Tensor] = []
+    sizes: list[int] = []  # whole-batch sizes: distributed, ``cached`` holds this rank's slices
+    ghosts: set[int] = set()  # batches too small to give this rank a row (it still joins the reductions)
     limit = cfg.calib_batches
     for i, x in enumerate(iter_inputs(data)):
         if limit is not None and i >= limit:
             break
-        cached.append(_checked(x, i))
+        x = _checked(x, i)
+        sizes.append(int(x.shape[0]))
+        part = D.local_slice(x)
+        if part.shape[0] == 0:
+            ghosts.add(i)
+            part = x[:1]
+        cached.append(part)
+    D.check_same(sizes, "the calibration batch sizes")
     if not cached:
         raise CalibrationError("calibration data is empty: give at least one batch")
     steps = cfg.ltb_iters if cfg.threshold == "ltb" else len(cached)
@@ -162,6 +178,8 @@ def calibrate(prepared: fx.GraphModule, data: Any, *, progress_bar: bool | None 
     with torch.no_grad():
         for k in progress(range(steps), steps, f"calibrating ({cfg.threshold})", progress_bar):
             x = cached[k % len(cached)].to(device)
+            for o in obs.values():
+                o.ghost = k % len(cached) in ghosts
             try:
                 prepared(x)
             except (RuntimeError, ValueError, IndexError) as exc:
@@ -169,21 +187,25 @@ def calibrate(prepared: fx.GraphModule, data: Any, *, progress_bar: bool | None 
                 raise CalibrationError(
                     f"calibration batch of shape {tuple(x.shape)} does not fit the model: {first}") from exc
     for o in obs.values():
+        o.ghost = False
         o.finalize()
     meta["calibrated"] = True
-    meta["calibration"] = {"batches": len(cached), "iterations": steps,
-                           "samples": int(sum(x.shape[0] for x in cached))}
+    meta["calibration"] = {"batches": len(cached), "iterations": steps, "samples": sum(sizes)}
     meta["example_shape"] = tuple(cached[0].shape[1:])
-    meta["adapt_sample"] = _leading_samples(cached, cfg.adapt_samples)
+    meta["adapt_sample"] = _leading_samples(cached, sizes, ghosts, cfg.adapt_samples)
     return prepared
 
 
-def _leading_samples(batches: list[Tensor], n: int) -> Tensor:
-    out, have = [], 0
-    for b in batches:
-        out.append(b[: n - have])
-        have += out[-1].shape[0]
-        if have >= n:
+def _leading_samples(batches: list[Tensor], sizes: list[int], ghosts: set[int], n: int) -> Tensor:
+    """The first ``n`` samples of the data; distributed, gathered from the ranks' slices (every rank
+    gets them all, like the calibration data itself)."""
+    out, seen = [], 0  # seen: samples of the whole data before the current batch
+    for i, (b, size) in enumerate(zip(batches, sizes, strict=True)):
+        if D.is_distributed():
+            b = D.all_gather_cat(b[:0] if i in ghosts else b)
+        out.append(b[: n - seen])
+        seen += size
+        if seen >= n:
             break
     return torch.cat(out)
 
@@ -250,11 +272,19 @@ def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> 
     * ``correction``: bias ("light"), potential ("advanced") or both, layer by layer;
     * ``ssc_tau > 0``: Sensitivity Spike Compression;
     * ``iat``: the Input-aware Adaptive Timesteps exit schedule.
+
+    Under ``torch.distributed`` give every rank the same ``x``: each simulates its share and the
+    sums behind every statistic are all-reduced, so all ranks make the single-process choices.
     """
     from .calibration import burst, correction
 
     cfg = snn.config
     progress_bar = cfg.progress if progress_bar is None else progress_bar
+    if D.is_distributed():
+        if x.shape[0] < D.world_size():
+            raise CalibrationError(f"{x.shape[0]} adaptation samples cannot be shared by {D.world_size()} "
+                                   f"processes: raise adapt_samples (and give at least that many calibration samples)")
+        x = D.local_slice(x)  # every rank has the same samples: each simulates its share
     x = x.to(snn.device)
     if cfg.neuron == "adafire" and cfg.burst_alloc == "sensitivity":
         table = burst.sensitivity_table(snn, x, cfg.timesteps, list(range(cfg.burst_min, cfg.burst_initial + 1)),

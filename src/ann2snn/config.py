@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +107,7 @@ class ConversionConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _choice("threshold", self.threshold, THRESHOLD_METHODS)
         _choice("granularity", self.granularity, GRANULARITIES)
         _choice("neuron", self.neuron, NEURONS)
@@ -137,6 +141,8 @@ class ConversionConfig:
             raise ConfigError(f"ltb_lr must be > 0, got {self.ltb_lr}")
         if not (0.0 <= self.v0 <= 1.0):
             raise ConfigError(f"v0 must be in [0, 1] (a fraction of the threshold), got {self.v0}")
+        if not (0 <= self.seed < 2**63):
+            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.iat_tolerance is not None and not (0.0 <= self.iat_tolerance < 1.0):
             raise ConfigError(f"iat_tolerance must be in [0, 1), got {self.iat_tolerance}")
         if self.v0_mode not in ("initial", "spread"):
@@ -175,6 +181,34 @@ def resolve_config(config: ConversionConfig | dict | None, **overrides: Any) -> 
     else:
         raise ConfigError(f"config must be a ConversionConfig, a dict or None, got {type(config).__name__}")
     return base.replace(**overrides) if overrides else base
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {}
+_TYPE_WORDS = {float: "a number", int: "an integer", str: "a string", bool: "true or false", dict: "a table",
+               type(None): "None"}
+
+
+def _check_types(cfg: ConversionConfig) -> None:
+    """Every field holds a value of its declared type (an int is fine where a float belongs, a bool is
+    not a number), and every float is finite: a config file with ``timesteps = "32"`` or
+    ``percentile = nan`` fails here with the field's name instead of deep inside calibration."""
+    if not _FIELD_TYPES:
+        hints = typing.get_type_hints(ConversionConfig)
+        for f in dataclasses.fields(ConversionConfig):
+            tp = hints[f.name]
+            origin = typing.get_origin(tp)
+            # ``int | None`` -> (int, NoneType); ``dict[str, Any]`` -> (dict,)
+            allowed = typing.get_args(tp) if origin in (typing.Union, types.UnionType) else (origin or tp,)
+            _FIELD_TYPES[f.name] = allowed + ((int,) if float in allowed and int not in allowed else ())
+    for name, allowed in _FIELD_TYPES.items():
+        value = getattr(cfg, name)
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        if not ok:
+            shown = [t for t in allowed if not (t is int and float in allowed)]
+            expected = " or ".join(_TYPE_WORDS.get(t, t.__name__) for t in shown)
+            raise ConfigError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

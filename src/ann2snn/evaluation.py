@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
+from . import distributed as D
 from .api import progress as _progress
 from .energy import EnergyModel, EnergyReport, LayerStats, SynapticCounter, resolve_energy_model
 from .errors import ConfigError
@@ -206,21 +207,49 @@ def merge_energy_reports(reports: Sequence[EnergyReport]) -> EnergyReport:
 
 # -- evaluation ------------------------------------------------------------------------------------
 
-def _batches(data: Any, batch_size: int) -> tuple[Iterable, int | None]:
-    """(iterable of (x, y) batches, number of batches if known)."""
+def _batches(data: Any, batch_size: int, max_batches: int | None, shard: bool) -> tuple[Iterable, int | None]:
+    """(iterable of this rank's ``(x, y)`` batches, their number if known), streamed: nothing is
+    copied or loaded ahead. Distributed (with ``shard``), a Dataset or tensor pair is split into
+    contiguous runs of whole batches (each rank reads only its samples, and every batch is the batch
+    one process would make, so per-batch results are bit-identical); any other iterable is split
+    batch by batch (round robin)."""
+    split = shard and D.is_distributed()
+
+    def sample_range(n: int) -> tuple[int, int]:
+        first, last = D.shard_range(-(-n // batch_size)) if split else (0, -(-n // batch_size))
+        return min(first * batch_size, n), min(last * batch_size, n)
+
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         x, y = data
-        n = x.shape[0]
-        chunks = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
-        return chunks, len(chunks)
-    if isinstance(data, Dataset) and not isinstance(data, DataLoader):
+        n = x.shape[0] if max_batches is None else min(x.shape[0], max_batches * batch_size)
+        start, stop = sample_range(n)
+        starts = range(start, stop, batch_size)
+        return ((x[i:min(i + batch_size, stop)], y[i:min(i + batch_size, stop)]) for i in starts), len(starts)
+    if isinstance(data, Dataset) and not isinstance(data, (DataLoader, IterableDataset)):
+        n = len(data) if max_batches is None else min(len(data), max_batches * batch_size)
+        start, stop = sample_range(n)
+        if (start, stop) != (0, len(data)):
+            data = Subset(data, range(start, stop))
         loader = DataLoader(data, batch_size=batch_size, shuffle=False)
         return loader, len(loader)
+    if isinstance(data, IterableDataset):
+        data = DataLoader(data, batch_size=batch_size)
     try:
         total = len(data)
     except TypeError:
         total = None
-    return data, total
+    if max_batches is not None and total is not None:
+        total = min(total, max_batches)
+    if split and total is not None:
+        total = len(range(D.rank(), total, D.world_size()))
+
+    def batches() -> Iterable:
+        for i, batch in enumerate(data):
+            if max_batches is not None and i >= max_batches:
+                break
+            if not split or i % D.world_size() == D.rank():
+                yield batch
+    return batches(), total
 
 
 @torch.no_grad()
@@ -235,6 +264,7 @@ def evaluate_classifier(
     ceiling_at: Sequence[int] | None = None,
     batch_size: int = 256,
     iat: bool | None = None,
+    shard: bool = True,
 ) -> EvalResult:
     """Accuracy of ``snn`` at every t = 1..T, the ANN's accuracy, the quantisation ceiling and energy.
 
@@ -249,6 +279,12 @@ def evaluate_classifier(
         ceiling_at: the T values for the quantisation ceiling (default 1, 2, 4, ..., T).
         batch_size: batch size when ``data`` is a Dataset or a pair of tensors.
         iat: also evaluate with per-sample early exit (the model's IAT schedule); None: if it has one.
+        shard: under ``torch.distributed``, split ``data`` across the ranks (default); False when each
+            rank already holds its own part. Either way the counts are all-reduced and every rank
+            returns the result over all the data.
+
+    Data is streamed one batch at a time: a Dataset larger than memory (one that reads its items
+    lazily, or an IterableDataset / generator) is evaluated in memory bounded by one batch.
     """
     timesteps = snn.config.timesteps if timesteps is None else timesteps
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps <= 0:
@@ -266,9 +302,7 @@ def evaluate_classifier(
     iat_correct, iat_steps, iat_sops, iat_macs = 0, 0.0, 0.0, 0.0
     iat_hist = torch.zeros(timesteps, dtype=torch.long)
 
-    batches, total = _batches(data, batch_size)
-    if max_batches is not None and total is not None:
-        total = min(total, max_batches)
+    batches, total = _batches(data, batch_size, max_batches, shard)
     start = time.perf_counter()
     correct_t = torch.zeros(timesteps, dtype=torch.long)
     correct_ann = 0
@@ -278,9 +312,7 @@ def evaluate_classifier(
     macs_t = torch.zeros(timesteps, dtype=torch.float64)
     samples = 0
     snn.eval()
-    for i, batch in enumerate(_progress(batches, total, f"evaluating T={timesteps}", progress)):
-        if max_batches is not None and i >= max_batches:
-            break
+    for batch in _progress(batches, total, f"evaluating T={timesteps}", progress):
         x, y = _split_batch(batch)
         y = y.to(snn.device)
         if energy_model is not None:
@@ -315,6 +347,17 @@ def evaluate_classifier(
             iat_steps += float(exited.exit_steps.sum())
             iat_hist += torch.bincount(exited.exit_steps.cpu() - 1, minlength=timesteps)[:timesteps]
         samples += int(y.shape[0])
+    if D.is_distributed():  # counts and sums over every rank's share; energy reports gathered in rank order
+        ints = D.all_reduce_sum(torch.tensor([*correct_t.tolist(), correct_ann, samples, iat_correct,
+                                              *(correct_ceiling[t] for t in ceiling_ts)], dtype=torch.long))
+        correct_t, (correct_ann, samples, iat_correct) = ints[:timesteps], ints[timesteps:timesteps + 3].tolist()
+        correct_ceiling = dict(zip(ceiling_ts, ints[timesteps + 3:].tolist(), strict=True))
+        floats = D.all_reduce_sum(torch.cat([sops_t, macs_t, torch.tensor([iat_steps, iat_sops, iat_macs],
+                                                                          dtype=torch.float64)]))
+        sops_t, macs_t = floats[:timesteps], floats[timesteps:2 * timesteps]
+        iat_steps, iat_sops, iat_macs = floats[2 * timesteps:].tolist()
+        reports = [r for part in D.all_gather_object(reports) for r in part]
+        iat_hist = D.all_reduce_sum(iat_hist)
     if samples == 0:
         raise ConfigError("evaluation data is empty")
     merged = merge_energy_reports(reports) if reports else None

@@ -75,7 +75,11 @@ def calibrate_iat(snn: SpikingModel, data: Any, timesteps: int | None = None, a:
     are chosen per model: the pair that needs the fewest mean steps on the calibration data while at
     most a ``tolerance`` fraction of its samples exit with a prediction different from the one the
     full ``timesteps`` run gives (no labels needed; that disagreement bounds the accuracy lost).
+
+    Under ``torch.distributed`` each rank gives its share of the data; the sums are all-reduced and
+    the per-sample confidences gathered, so every rank fits the same schedule.
     """
+    from . import distributed as D
     from .api import iter_inputs
 
     if tolerance is not None and not 0.0 <= tolerance < 1.0:
@@ -87,6 +91,8 @@ def calibrate_iat(snn: SpikingModel, data: Any, timesteps: int | None = None, a:
     for i, x in enumerate(iter_inputs(data)):
         if i >= max_batches:
             break
+        if x.shape[0] == 0:  # a rank's share can be empty
+            continue
         _, history = snn.run(x, timesteps, return_all=True)
         ent = torch.stack([normalised_entropy(h) for h in history])  # [T, B]
         sums += ent.sum(1).double().cpu()
@@ -94,11 +100,18 @@ def calibrate_iat(snn: SpikingModel, data: Any, timesteps: int | None = None, a:
             confs.append(torch.stack([confidence(h, kind) for h in history]).cpu())
             preds.append(torch.stack([h.flatten(1).argmax(1) for h in history]).cpu())
         n += x.shape[0]
+    if D.is_distributed():
+        reduced = D.all_reduce_sum(torch.cat([sums, torch.tensor([float(n)], dtype=torch.float64)]))
+        sums, n = reduced[:-1], int(reduced[-1])
     if n == 0:
         raise ConfigError("IAT calibration needs at least one batch")
     schedule = IATSchedule(a, b, (sums / n).tolist(), kind)
     if tolerance is not None:
-        schedule = _fit_schedule(schedule, torch.cat(confs, 1), torch.cat(preds, 1), tolerance)
+        conf = torch.cat(confs, 1) if confs else torch.empty(timesteps, 0)
+        pred = torch.cat(preds, 1) if preds else torch.empty(timesteps, 0, dtype=torch.long)
+        if D.is_distributed():  # samples are columns: gather them in rank order
+            conf, pred = D.all_gather_cat(conf.T.contiguous()).T, D.all_gather_cat(pred.T.contiguous()).T
+        schedule = _fit_schedule(schedule, conf, pred, tolerance)
     snn.info["iat"] = schedule.to_dict()
     return schedule
 

@@ -4,12 +4,22 @@ A saved file is a ``torch.save`` of plain containers: the graph as JSON text (no
 named from the supported table), one constructor spec per module, the tensors, the config and the
 calibration info. ``load`` uses ``torch.load(weights_only=True)`` and rebuilds only modules and
 functions that ann2snn knows, so a file cannot run arbitrary code.
+
+Since version 2 the file carries a SHA-256 of its content (the JSON texts and every tensor's name,
+dtype, shape and bytes): a damaged file (a flipped bit in a weight, a truncated copy, a hand-edited
+field) is refused with :class:`SerializationError` instead of loading different numbers. A loaded
+model is also run for one step on a zero input of its calibrated shape, so a file whose parts do not
+fit together fails at load time, not in the middle of an evaluation.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import inspect
+import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -32,7 +42,8 @@ from .passes.patterns import (
 )
 
 FORMAT = "ann2snn-snn"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no checksum
 
 _TORCH_MODULES = {cls.__name__: cls for cls in WEIGHTED_MODULES + BATCHNORM_MODULES + MAXPOOL_MODULES + LINEAR_MODULES}
 _OWN_MODULES = {"SpikingNeuron": SpikingNeuron, "RunningMaxPool": RunningMaxPool, "Affine": Affine}
@@ -178,7 +189,7 @@ def to_payload(snn: SpikingModel) -> dict[str, Any]:
         if not isinstance(value, torch.Tensor):
             raise SerializationError(f"cannot save graph attribute {attr!r} of type {type(value).__name__}")
         state[attr] = value.detach().cpu().clone()
-    return {
+    payload = {
         "format": FORMAT,
         "version": VERSION,
         "graph": json.dumps(desc),
@@ -186,23 +197,83 @@ def to_payload(snn: SpikingModel) -> dict[str, Any]:
         "config": json.dumps(snn.config.to_dict()),
         "info": json.dumps(snn.info, default=str),
     }
+    payload["checksum"] = content_digest(payload)
+    return payload
+
+
+def content_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 over the JSON texts and every tensor (name, dtype, shape, bytes), in a fixed order."""
+    h = hashlib.sha256()
+    for key in ("graph", "config", "info"):
+        text = payload.get(key)
+        if not isinstance(text, str):
+            raise SerializationError(f"corrupt ann2snn file: field {key!r} is not text")
+        h.update(f"{key}:{len(text)}:".encode())
+        h.update(text.encode("utf-8", "surrogatepass"))
+    state = payload.get("state")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise SerializationError("corrupt ann2snn file: the tensors are missing or malformed")
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def from_payload(payload: Any) -> SpikingModel:
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    """Rebuild a :class:`SpikingModel` from a loaded file's content; anything wrong with it raises
+    :class:`SerializationError` (never an internal exception)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("format"), str) or payload["format"] != FORMAT:
         raise SerializationError("not an ann2snn spiking-model file")
-    if payload.get("version") != VERSION:
-        raise SerializationError(f"unsupported file version {payload.get('version')!r} (this ann2snn reads {VERSION})")
+    version = payload.get("version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise SerializationError(f"unsupported file version {version!r} (this ann2snn reads "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))})")
+    checksum = payload.get("checksum")
+    if version >= 2 and (not isinstance(checksum, str) or checksum != content_digest(payload)):
+        raise SerializationError("corrupt ann2snn file: its content does not match its checksum "
+                                 "(the file was damaged or edited)")
     try:
         desc = json.loads(payload["graph"])
         config = ConversionConfig.from_dict(json.loads(payload["config"]))
         info = json.loads(payload.get("info", "{}"))
+        if not isinstance(desc, dict) or not isinstance(info, dict):
+            raise SerializationError("corrupt ann2snn file: the graph or info is not a JSON object")
         gm = graph_from_json(desc, payload["state"])
-    except SerializationError:
-        raise
-    except (KeyError, TypeError, ValueError, ConfigError, RuntimeError) as exc:
+        snn = SpikingModel(gm, config, info)
+    except SerializationError as exc:
+        if str(exc).startswith("corrupt"):
+            raise
         raise SerializationError(f"corrupt ann2snn file: {exc}") from exc
-    return SpikingModel(gm, config, info)
+    except ConfigError as exc:
+        raise SerializationError(f"corrupt ann2snn file: bad config: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - fx, json and torch raise many kinds on malformed content
+        raise SerializationError(f"corrupt ann2snn file: {_first_line(exc)}") from exc
+    _dry_run(snn)
+    return snn
+
+
+def _first_line(exc: BaseException) -> str:
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _dry_run(snn: SpikingModel) -> None:
+    """One step on a zero input of the calibrated shape: the stored parts must fit together."""
+    shape = snn.info.get("example_shape")
+    if shape is None:
+        return
+    if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                               for d in shape) or math.prod(shape) > 1 << 26):
+        raise SerializationError(f"corrupt ann2snn file: malformed input shape {shape!r}")
+    try:
+        # fx prints the generated code of a failing graph to stderr: the error below says it in one line
+        with contextlib.redirect_stderr(io.StringIO()):
+            snn.run(torch.zeros(1, *shape), 1)
+    except Exception as exc:  # noqa: BLE001 - whatever the mismatch, the file is unusable
+        raise SerializationError(f"corrupt ann2snn file: the stored network does not run on its input shape "
+                                 f"{tuple(shape)}: {_first_line(exc)}") from exc
 
 
 def save(snn: SpikingModel, path: str | os.PathLike) -> Path:

@@ -17,18 +17,32 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import distributed as D
 from ..model import SpikingModel
 
 
-def output_divergence(snn_out: Tensor, ann_out: Tensor, metric: str) -> float:
-    """Symmetric KL between softmax outputs (``kl``) or the mean squared error (``mse``)."""
+def divergence_sum(snn_out: Tensor, ann_out: Tensor, metric: str) -> tuple[float, int]:
+    """(sum, count) whose ratio is :func:`output_divergence`: sums over samples add up across ranks."""
     if metric == "mse":
-        return float((snn_out - ann_out).pow(2).mean())
+        return float((snn_out.double() - ann_out.double()).pow(2).sum()), snn_out.numel()
     p = torch.log_softmax(snn_out.flatten(1).double(), dim=1)
     q = torch.log_softmax(ann_out.flatten(1).double(), dim=1)
     kl_pq = (p.exp() * (p - q)).sum(1)
     kl_qp = (q.exp() * (q - p)).sum(1)
-    return float((kl_pq + kl_qp).mean())
+    return float((kl_pq + kl_qp).sum()), int(p.shape[0])
+
+
+def output_divergence(snn_out: Tensor, ann_out: Tensor, metric: str) -> float:
+    """Symmetric KL between softmax outputs (``kl``) or the mean squared error (``mse``)."""
+    total, count = divergence_sum(snn_out, ann_out, metric)
+    return total / max(count, 1)
+
+
+def reduce_means(sums: list[float], counts: list[float]) -> list[float]:
+    """``sums[i] / counts[i]`` with both summed over all ranks first (one all-reduce)."""
+    totals = D.sum_floats(list(sums) + list(counts))
+    n = len(sums)
+    return [s / max(c, 1.0) for s, c in zip(totals[:n], totals[n:], strict=True)]
 
 
 def resolve_metric(metric: str, ann_out: Any) -> str:
@@ -118,24 +132,31 @@ def sensitivity_table(
         with SynapticCounter(snn) as counter:  # the baseline run also prices each layer's spikes
             _, base = simulate_with_tally(snn, x, timesteps)
             caused = counter.attribute()
-        baseline = sum(base.values())
-        per_spike = [caused[name] / base[name] if base[name] > 0 else 0.0 for name in neurons]
-        sens, spikes = [], []
         jobs = [(name, m) for name in neurons for m in caps]
-        results: dict[tuple[str, int], tuple[float, float]] = {}
+        div_sums, div_counts, job_spikes = [], [], []
         for name, m in bar(jobs, len(jobs), "burst sensitivity", progress):
             for other, n in neurons.items():
                 n.set_cap(m if other == name else initial_cap)
             out, tally = simulate_with_tally(snn, x, timesteps)
-            results[(name, m)] = (output_divergence(_first_tensor(out), ann, metric), tally[name])
-        for name in neurons:
-            sens.append([results[(name, m)][0] for m in caps])
-            spikes.append([results[(name, m)][1] for m in caps])
+            total, count = divergence_sum(_first_tensor(out), ann, metric)
+            div_sums.append(total)
+            div_counts.append(count)
+            job_spikes.append(tally[name])
     finally:
         for name, n in neurons.items():
             n.set_cap(saved[name])
-    return SensitivityTable(list(neurons), list(caps), sens, spikes, target_cap, initial_cap, baseline, metric,
-                            timesteps, int(x.shape[0]), [base[name] for name in neurons], per_spike)
+    # divergences, spike counts and the SOPs they cause are sums over samples: one reduction over the
+    # ranks' shares (a no-op in one process)
+    names = list(neurons)
+    divs = reduce_means(div_sums, div_counts)
+    totals = D.sum_floats([*job_spikes, *(base[n] for n in names), *(caused[n] for n in names), x.shape[0]])
+    k, L = len(caps), len(names)
+    job_spikes, base_layers, caused_layers = totals[:k * L], totals[k * L:k * L + L], totals[k * L + L:-1]
+    per_spike = [c / b if b > 0 else 0.0 for c, b in zip(caused_layers, base_layers, strict=True)]
+    sens = [divs[i * k:(i + 1) * k] for i in range(L)]
+    spikes = [job_spikes[i * k:(i + 1) * k] for i in range(L)]
+    return SensitivityTable(names, list(caps), sens, spikes, target_cap, initial_cap, sum(base_layers), metric,
+                            timesteps, int(totals[-1]), base_layers, per_spike)
 
 
 def multiple_choice_knapsack(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]],

@@ -4,6 +4,7 @@ For each neuron layer in graph order, simulate T steps on calibration data, take
 of (SNN output averaged over T) - (ANN activation), and cancel it: *light* subtracts it from the
 layer's input current every step (the bias of the layer before it), *advanced* lowers the initial
 membrane by that error times T. Later layers are measured after earlier ones are corrected.
+Under ``torch.distributed`` every mean is a sum / count reduced over the ranks' shares of the data.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import distributed as D
 from ..model import SpikingModel
 from .observers import channels_last_2d
 
@@ -45,7 +47,19 @@ def _analog_outputs(snn: SpikingModel, x: Tensor, mode: str) -> dict[str, Tensor
 
 
 def _channel_mean(err: Tensor, per_channel: bool) -> Tensor:
-    return channels_last_2d(err, per_channel).mean(dim=0)
+    rows = channels_last_2d(err, per_channel)
+    if not D.is_distributed():
+        return rows.mean(dim=0)
+    count = torch.tensor([rows.shape[0]], dtype=torch.float64, device=rows.device)
+    total = D.all_reduce_sum(torch.cat([rows.double().sum(dim=0), count]))
+    return (total[:-1] / total[-1]).to(err.dtype)
+
+
+def _abs_mean(err: Tensor) -> float:
+    if not D.is_distributed():
+        return float(err.abs().mean())
+    total, count = D.sum_floats([float(err.abs().double().sum()), err.numel()])
+    return total / count
 
 
 @torch.no_grad()
@@ -72,14 +86,14 @@ def correct(snn: SpikingModel, x: Tensor, timesteps: int, mode: str = "light", t
         for phase in phases:
             err = _measure(snn, x, timesteps, name, reference[name])
             mu = _channel_mean(err, per_channel).to(neuron.threshold.dtype).reshape(neuron.threshold.shape)
-            first = first or {"mean_error_before": float(mu.abs().mean()), "abs_error_before": float(err.abs().mean())}
+            first = first or {"mean_error_before": float(mu.abs().mean()), "abs_error_before": _abs_mean(err)}
             if phase == "light":
                 neuron.bias_shift -= mu
             else:
                 neuron.v0_offset -= mu * timesteps
         err = _measure(snn, x, timesteps, name, reference[name])
         mu = _channel_mean(err, per_channel)
-        log[name] = {**first, "mean_error_after": float(mu.abs().mean()), "abs_error_after": float(err.abs().mean())}
+        log[name] = {**first, "mean_error_after": float(mu.abs().mean()), "abs_error_after": _abs_mean(err)}
     return log
 
 

@@ -3,6 +3,11 @@
 Each observer sees the pre-activation ``z`` of its site, gathers what its method needs, and passes on
 ``relu(z)`` (or, for LTB in ``clip`` mode, ``clip(z, 0, lambda)``). ``finalize()`` returns the clipping
 value lambda per channel (or one per layer); the neuron threshold is ``lambda / burst cap``.
+
+Under ``torch.distributed`` each rank observes its slice of every batch (see :mod:`ann2snn.distributed`):
+maxima are all-reduced, the LTB gradient is a mean over the whole batch (sum / count reduced over
+ranks before each step), and the percentile / MSE sample is drawn with the keys one process would
+draw and gathered, so every rank finalises the single-process result.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .. import distributed as D
 from ..neurons import functional as NF
 from ..neurons.modules import broadcast_channel
 
@@ -64,12 +70,14 @@ class ThresholdObserver(nn.Module):
         self.sample_size = sample_size
         self.generator = torch.Generator().manual_seed(seed)
         self.collecting = True
+        self.ghost = False  # distributed: this rank has no rows of the batch but joins the reductions
         self.batches = 0
         self.max: Tensor | None = None
         self.ltb: Tensor | None = None
         self.ltb_history: list[Tensor] = []
         self.sample: Tensor | None = None
         self.sample_keys: Tensor | None = None
+        self.rows_seen = 0
         self.result: Tensor | None = None
 
     def extra_repr(self) -> str:
@@ -88,9 +96,12 @@ class ThresholdObserver(nn.Module):
 
     def _observe(self, z: Tensor) -> None:
         rows = channels_last_2d(z.detach(), self.per_channel).float()
+        if self.ghost:
+            rows = rows[:0]
         if self.clip is not None:
             rows = rows.clamp(max=self.clip)
-        batch_max = rows.amax(dim=0).clamp(min=0.0)
+        # a rank's slice of a small batch can be empty: it still takes part in the reductions
+        batch_max = rows.amax(dim=0).clamp(min=0.0) if rows.shape[0] else rows.new_zeros(rows.shape[1])
         self.max = batch_max if self.max is None else torch.maximum(self.max, batch_max)
         self.batches += 1
         if self.method == "ltb":
@@ -102,13 +113,35 @@ class ThresholdObserver(nn.Module):
         """One step of gradient descent on ||clip(x, 0, lambda) - relu(x)||^2 with respect to lambda."""
         lam = torch.zeros(rows.shape[1], device=rows.device) if self.ltb is None else self.ltb
         excess = (rows - lam).clamp(min=0.0)  # (x - lambda) * [x > lambda]
-        lam = lam + self.ltb_lr * 2.0 * excess.mean(dim=0)
+        if D.is_distributed():  # the mean over the whole batch, whose rows are spread over the ranks
+            total = D.all_reduce_sum(torch.cat([excess.sum(dim=0), excess.new_tensor([excess.shape[0]])]))
+            grad = total[:-1] / total[-1]
+        else:
+            grad = excess.mean(dim=0)
+        lam = lam + self.ltb_lr * 2.0 * grad
         self.ltb = lam
         self.ltb_history.append(lam.detach().clone())
 
     def _reservoir(self, rows: Tensor) -> None:
-        """Keep a uniform random sample of at most ``sample_size`` rows over everything seen."""
-        keys = torch.rand(rows.shape[0], generator=self.generator).to(rows.device)
+        """Keep a uniform random sample of at most ``sample_size`` rows over everything seen.
+
+        Each row gets a random key and the rows with the smallest keys are kept. Distributed, every
+        rank draws the keys of the whole batch (same generator, same seed) and takes those of its
+        own rows, so the union of the ranks' samples holds the single-process sample.
+        """
+        if D.is_distributed():
+            mine = torch.zeros(D.world_size(), dtype=torch.long)
+            mine[D.rank()] = rows.shape[0]
+            counts = D.all_reduce_sum(mine).tolist()
+            start, total = sum(counts[:D.rank()]), sum(counts)
+        else:
+            start, total = 0, rows.shape[0]
+        uniform = torch.rand(total, generator=self.generator)[start:start + rows.shape[0]]
+        # integer keys: the 24 random bits of a float32 uniform, ties broken by the row's global
+        # index, so that the kept set and its order never depend on how the rows were split
+        index = torch.arange(self.rows_seen + start, self.rows_seen + start + rows.shape[0])
+        keys = ((uniform * (1 << 24)).long() << 39 | index).to(rows.device)
+        self.rows_seen += total
         if self.sample is not None:
             rows = torch.cat([self.sample, rows])
             keys = torch.cat([self.sample_keys, keys])
@@ -122,6 +155,14 @@ class ThresholdObserver(nn.Module):
         """The clipping value lambda (``[C]`` or ``[1]``); observation stops."""
         if self.max is None:
             raise RuntimeError(f"observer {self.name!r} saw no data")
+        if D.is_distributed():
+            self.max = D.all_reduce_max(self.max)
+            if self.sample is not None:
+                self.sample, self.sample_keys = D.all_gather_cat(self.sample), D.all_gather_cat(self.sample_keys)
+        if self.sample is not None:
+            # the sample in key order: the same rows in the same order however the data was split
+            order = torch.argsort(self.sample_keys)[: self.sample_size]  # keys are unique
+            self.sample, self.sample_keys = self.sample[order], self.sample_keys[order]
         if self.method == "max":
             lam = self.max
         elif self.method == "ltb":

@@ -15,8 +15,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import distributed as D
 from ..model import SpikingModel
-from .burst import _first_tensor, output_divergence, resolve_metric, simulate_with_tally, solve_budgeted
+from .burst import (
+    _first_tensor,
+    divergence_sum,
+    reduce_means,
+    resolve_metric,
+    simulate_with_tally,
+    solve_budgeted,
+)
 
 DEFAULT_SCALES = tuple(1.0 + 0.5 * i for i in range(19))  # 1.0, 1.5, ..., 10.0
 
@@ -49,9 +57,8 @@ def ssc_table(snn: SpikingModel, x: Tensor, timesteps: int, scales: Sequence[flo
     ann = _first_tensor(snn.analog(x, "relu"))
     metric = resolve_metric(metric, ann)
     out, base = simulate_with_tally(snn, x, timesteps)
-    base_div = output_divergence(_first_tensor(out), ann, metric)
-    div: dict[tuple[str, float], float] = {}
-    spk: dict[tuple[str, float], float] = {}
+    base_sum, base_count = divergence_sum(_first_tensor(out), ann, metric)
+    div_sums, div_counts, job_spikes = [], [], []
     jobs = [(name, r) for name in neurons for r in scales]
     for name, r in bar(jobs, len(jobs), "spike compression", progress):
         neuron = neurons[name]
@@ -61,11 +68,17 @@ def ssc_table(snn: SpikingModel, x: Tensor, timesteps: int, scales: Sequence[flo
             out, tally = simulate_with_tally(snn, x, timesteps)
         finally:
             neuron.threshold.copy_(original)
-        div[(name, r)] = output_divergence(_first_tensor(out), ann, metric)
-        spk[(name, r)] = tally[name]
-    return SSCTable(list(neurons), [float(r) for r in scales],
-                    [[div[(n, r)] for r in scales] for n in neurons], [[spk[(n, r)] for r in scales] for n in neurons],
-                    base_div, sum(base.values()), metric, timesteps)
+        total, count = divergence_sum(_first_tensor(out), ann, metric)
+        div_sums.append(total)
+        div_counts.append(count)
+        job_spikes.append(tally[name])
+    # sums over samples, reduced over the ranks' shares of the data (no-op in one process)
+    base_div, *divs = reduce_means([base_sum, *div_sums], [base_count, *div_counts])
+    base_spikes, *job_spikes = D.sum_floats([sum(base.values()), *job_spikes])
+    k = len(scales)
+    rows = range(len(neurons))
+    return SSCTable(list(neurons), [float(r) for r in scales], [divs[i * k:(i + 1) * k] for i in rows],
+                    [job_spikes[i * k:(i + 1) * k] for i in rows], base_div, base_spikes, metric, timesteps)
 
 
 def choose_scales(table: SSCTable, tau: float, resolution: int = 2000) -> dict[str, float]:

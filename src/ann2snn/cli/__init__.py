@@ -9,7 +9,12 @@
 
 Exit status: 0 success; 1 ``inspect`` found operations that cannot convert, or an unexpected
 internal error; 2 bad input (a one-line ``ann2snn: error: ...`` on stderr, nothing written).
-Set ``ANN2SNN_DEBUG=1`` to see tracebacks.
+Set ``ANN2SNN_DEBUG=1`` to see tracebacks; ``KeyboardInterrupt`` (Ctrl-C) exits with status 130
+and leaves no output file behind.
+
+Under ``torchrun --nproc-per-node N ann2snn ...`` the processes join one ``torch.distributed`` group
+(gloo on CPU, nccl with GPUs), calibration and evaluation run data-parallel, and only rank 0 prints
+and writes files.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import sys
 
 from .. import __version__
+from .. import distributed as D
 from ..errors import ConversionError, UnsupportedOperationError
 from . import convert, evaluate, export, inspect, report, zoo
 from .common import Parser, UsageError, one_line
@@ -47,7 +53,8 @@ def _message(exc: BaseException) -> str:
 
 
 def _error(message: str) -> None:
-    print(f"ann2snn: error: {message}", file=sys.stderr)
+    where = f" (rank {D.rank()})" if D.rank() else ""
+    print(f"ann2snn: error{where}: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        return int(args.run(args) or 0)
+        D.init_from_env()  # launched by torchrun: join the process group (no-op otherwise)
+        try:
+            return int(args.run(args) or 0)
+        finally:
+            D.shutdown()
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:

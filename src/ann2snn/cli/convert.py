@@ -9,6 +9,7 @@ import time
 from torch.utils.data import DataLoader
 
 from .. import __version__
+from .. import distributed as D
 from ..api import convert
 from ..data import subset
 from ..loading import LoadError, bundled_input_shape, check_data_fits, load_data, load_model
@@ -79,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "ann2snn": __version__,
     }
+    if not D.is_main():  # under torchrun every rank holds the same SNN: rank 0 writes and reports
+        return 0
+    if D.is_distributed():
+        snn.info["source"]["processes"] = D.world_size()
     save(snn, out)
 
     neurons = snn.neurons()

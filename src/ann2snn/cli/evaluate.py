@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed as D
 from ..data import subset
 from ..energy import ENERGY_PRESETS
 from ..evaluation import EvalResult, evaluate_classifier
@@ -106,6 +107,8 @@ def describe(snn: SpikingModel, result: EvalResult, path: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     snn, result, out_dir = evaluate_from_args(args, args.report)
+    if not D.is_main():  # under torchrun every rank has the full result: rank 0 prints and writes
+        return 0
     if args.json:
         print(result.to_json(indent=2))
     else:

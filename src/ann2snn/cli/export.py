@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     if args.format != "nir" and (args.neuron_model != "exact" or args.maxpool != "refuse"):
         raise UsageError("--neuron-model and --maxpool apply to --format nir only")
     snn = load_snn(args.snn)
+    from .. import distributed as D
+
+    if not D.is_main():  # under torchrun: one writer
+        return 0
     if args.format == "nir":
         from ..export.nir import to_nir, write_nir
 

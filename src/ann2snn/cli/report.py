@@ -23,9 +23,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed as D
     from ..report import write_report
 
     snn, result, out_dir = evaluate_from_args(args, args.out)
+    if not D.is_main():  # under torchrun: rank 0 writes the report
+        return 0
     page = write_report(out_dir, result, snn, html_page=not args.no_html)
     print(describe(snn, result, args.snn))
     print(result.to_text())
