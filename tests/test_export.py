@@ -183,6 +183,13 @@ def test_what_cannot_be_exported_is_listed(digits):
     assert "Upsample" in str(info.value) and "up" in str(info.value)
 
 
+def test_import_reads_plain_layers_from_other_tools():
+    w = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+    g = nir.NIRGraph.from_list(nir.Affine(weight=w, bias=np.ones(4, np.float32)))
+    x = torch.rand(5, 3)
+    assert torch.allclose(import_nir(g).run(x, 3), x @ torch.from_numpy(w).T + 1, atol=1e-6)
+
+
 def test_import_refuses_foreign_neurons_and_edited_files(digits):
     g = nir.NIRGraph.from_list(nir.Affine(weight=np.eye(3, dtype=np.float32), bias=np.zeros(3, np.float32)),
                                nir.IF(r=np.ones(3, np.float32), v_threshold=np.ones(3, np.float32)))
