@@ -322,3 +322,29 @@ def test_random_networks_round_trip_through_both_formats(tmp_path_factory):
             assert torch.allclose(NIRSimulator(to_nir(snn)).run(x, 4), ours, atol=1e-4)
 
     check()
+
+
+class FunctionalPools(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 2 * 2, 3)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c(x)), 2)
+        x = F.adaptive_max_pool2d(x, self.adaptive) if self.adaptive else F.max_pool2d(x, 2, 2)
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("adaptive", [0, 2])
+def test_functional_max_pools_export(adaptive, tmp_path):
+    net = FunctionalPools().eval()
+    net.adaptive = adaptive
+    x = torch.rand(16, 1, 8, 8)
+    snn = ann2snn.convert(net, x, threshold="max", timesteps=4, progress=False)
+    assert torch.equal(load_portable(save_portable(snn, tmp_path / "p")).run(x, 4), snn.run(x, 4))
+    if adaptive:  # adaptive max-pooling: not even as an extension
+        with pytest.raises(ExportError, match="max-pooling other than 2-D with fixed windows"):
+            to_nir(snn, maxpool="extension")
+    else:
+        assert torch.equal(import_nir(to_nir(snn, maxpool="extension")).run(x, 4), snn.run(x, 4))
