@@ -183,6 +183,13 @@ def test_what_cannot_be_exported_is_listed(digits):
     assert "Upsample" in str(info.value) and "up" in str(info.value)
 
 
+def test_import_reads_plain_layers_from_other_tools():
+    w = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+    g = nir.NIRGraph.from_list(nir.Affine(weight=w, bias=np.ones(4, np.float32)))
+    x = torch.rand(5, 3)
+    assert torch.allclose(import_nir(g).run(x, 3), x @ torch.from_numpy(w).T + 1, atol=1e-6)
+
+
 def test_import_refuses_foreign_neurons_and_edited_files(digits):
     g = nir.NIRGraph.from_list(nir.Affine(weight=np.eye(3, dtype=np.float32), bias=np.zeros(3, np.float32)),
                                nir.IF(r=np.ones(3, np.float32), v_threshold=np.ones(3, np.float32)))
@@ -323,3 +330,29 @@ def test_random_networks_round_trip_through_both_formats(tmp_path_factory):
             assert torch.allclose(NIRSimulator(to_nir(snn)).run(x, 4), ours, atol=1e-4)
 
     check()
+
+
+class FunctionalPools(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 2 * 2, 3)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c(x)), 2)
+        x = F.adaptive_max_pool2d(x, self.adaptive) if self.adaptive else F.max_pool2d(x, 2, 2)
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("adaptive", [0, 2])
+def test_functional_max_pools_export(adaptive, tmp_path):
+    net = FunctionalPools().eval()
+    net.adaptive = adaptive
+    x = torch.rand(16, 1, 8, 8)
+    snn = ann2snn.convert(net, x, threshold="max", timesteps=4, progress=False)
+    assert torch.equal(load_portable(save_portable(snn, tmp_path / "p")).run(x, 4), snn.run(x, 4))
+    if adaptive:  # adaptive max-pooling: not even as an extension
+        with pytest.raises(ExportError, match="max-pooling other than 2-D with fixed windows"):
+            to_nir(snn, maxpool="extension")
+    else:
+        assert torch.equal(import_nir(to_nir(snn, maxpool="extension")).run(x, 4), snn.run(x, 4))

@@ -118,12 +118,22 @@ def _tuple(v: Any, n: int) -> list[int]:
 
 
 _AVG_PARAMS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+_MAX_PARAMS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+_ADAPTIVE_PARAMS = ("input", "output_size", "return_indices")
 
 
-def _bind(fn: Any, node: fx.Node) -> dict[str, Any]:
-    """The call's arguments by parameter name (functional pools), defaults filled in."""
-    if fn in _AVG_FUNCS:  # builtins without a Python signature
-        args = dict(zip(_AVG_PARAMS, node.args, strict=False))
+def _bind(fn: Any, node: fx.Node, fn_name: str = "") -> dict[str, Any]:
+    """The call's arguments by parameter name (functional pools)."""
+    # builtins and boolean-dispatch wrappers have no usable Python signature: name the arguments here
+    names = None
+    if fn in _AVG_FUNCS:
+        names = _AVG_PARAMS
+    elif "adaptive_max_pool" in fn_name:
+        names = _ADAPTIVE_PARAMS
+    elif "max_pool" in fn_name:
+        names = _MAX_PARAMS
+    if names is not None:
+        args = dict(zip(names, node.args, strict=False))
         args.update(node.kwargs)
         return args
     sig = inspect.signature(fn)
@@ -159,7 +169,7 @@ def _maxpool_attrs(pool: nn.Module | None, fn_name: str | None, node: fx.Node) -
 
     fn = resolve_function(fn_name)
     dims = int(fn_name[-2])
-    args = _bind(fn, node)
+    args = _bind(fn, node, fn_name)
     if "adaptive" in fn_name:
         return {"dims": dims, "adaptive": True, "output_size": _tuple(args["output_size"], dims)}
     k = args["kernel_size"]
