@@ -64,7 +64,10 @@ def main() -> None:
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     size = tuple(args.size)
 
-    hed = load_hed(args.weights, side_outputs=False)  # fused logits only; the sigmoid stays outside
+    try:
+        hed = load_hed(args.weights, side_outputs=False)  # fused logits only; the sigmoid stays outside
+    except FileNotFoundError as exc:
+        sys.exit(f"hed_edges.py: {exc}; or simply run 'make hed'")
     x = hed_preprocess(photo(args.image, size))
     calib = hed_preprocess(np.stack([photo(name, size) for name in CALIB if name != args.image]))
     with torch.no_grad():
