@@ -188,7 +188,7 @@ def figure(key: str, rows: list[int], ts: list[int], out: Path) -> None:
         axes[r, 0].set_ylabel(str(data["names"][i]).replace("imagenet_", "in_"), fontsize=8)
     fig.tight_layout(pad=0.3)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=90)
     print(f"wrote {out}")
 
 
