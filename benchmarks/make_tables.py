@@ -107,7 +107,7 @@ def hed(d: dict) -> list[str]:
     out.append("|---|" + "---|" * len(ts))
     for c in cfgs.values():
         out.append(f"| {c['label']} | " + " | ".join(
-            f"**{m['f05']:.3f}** / {m['mae']:.4f} ({m['f_mean']:.3f}; {m['f05_min_image']:.3f})"
+            f"{m['f05']:.3f} / {m['mae']:.4f} ({m['f_mean']:.3f}; {m['f05_min_image']:.3f})"
             for m in (c["metrics"][t] for t in ts)) + " |")
     return out + [""]
 

