@@ -24,7 +24,7 @@ from .calibration.observers import ThresholdObserver
 from .config import ConversionConfig, resolve_config
 from .errors import CalibrationError, ConversionError
 from .model import SpikingModel
-from .neurons.modules import RunningMaxPool, SpikingNeuron
+from .neurons.modules import RunningMaxPool, SpikingNeuron, unique_label
 from .passes import normalize as P
 from .passes.patterns import Kind, classify, function_name
 from .tracing import source_of, trace
@@ -59,12 +59,16 @@ def insert_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> int:
     """Replace every ReLU-like node by a call to a :class:`ThresholdObserver`. Returns their number."""
     modules = P.modules_of(gm)
     count = 0
+    labels: set[str] = set()
     for node in list(gm.graph.nodes):
         c = classify(node, modules)
         if c.kind is not Kind.NEURON:
             continue
         name = f"neuron_{count}_{node.name}"
-        label = node.target if node.op == "call_module" else node.name
+        # A ReLU module called at several places (torchvision's BasicBlock calls self.relu twice) gives
+        # one neuron layer per call, each with its own state, thresholds and counts: name the later
+        # calls "<module>.call<k>" so that every layer has its own name.
+        label = unique_label(node.target if node.op == "call_module" else node.name, labels)
         obs = ThresholdObserver(
             label, cfg.threshold, cfg.granularity == "channel", c.cap,
             percentile=cfg.percentile, timesteps=cfg.timesteps, v0=cfg.v0,

@@ -27,6 +27,15 @@ def broadcast_channel(param: Tensor, ndim: int, channel_dim: int = 1) -> Tensor:
     return param.reshape(shape)
 
 
+def unique_label(label: str, taken: set[str]) -> str:
+    """``label``, or ``label.call<k>`` with the smallest ``k >= 2`` not yet in ``taken``; added to ``taken``."""
+    out, k = label, 2
+    while out in taken:
+        out, k = f"{label}.call{k}", k + 1
+    taken.add(out)
+    return out
+
+
 class StatefulModule(nn.Module):
     """Base of every module that carries state across timesteps."""
 
