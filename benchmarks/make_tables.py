@@ -99,7 +99,24 @@ def ssc_iat(d: dict) -> list[str]:
     return out
 
 
-RENDER = {"thresholds": thresholds, "adafire": adafire, "simulation": simulation, "ssc_iat": ssc_iat}
+def measures(d: dict) -> list[str]:
+    out = [prov(d), ""]
+    for model, e in d["models"].items():
+        ts = sorted({int(t) for rows in e["variants"].values() for t in rows})
+        out.append(f"**{model}** — base {d['base']}; ANN {pct(e['ann_accuracy'])} % on the same "
+                   f"{e['test_samples']} test images; each cell: accuracy / ceiling (%), SOPs per image (millions)")
+        out.append("")
+        out.append("| variant | " + " | ".join(f"T={t}" for t in ts) + " |")
+        out.append("|---|" + "---|" * len(ts))
+        for v, rows in e["variants"].items():
+            cells = [rows.get(str(t)) for t in ts]
+            out.append(f"| {v} | " + " | ".join(
+                f"{pct(r['accuracy'])} / {pct(r['ceiling'])}, {r['sops'] / 1e6:.1f} M" if r else "" for r in cells) + " |")
+        out.append("")
+    return out
+
+
+RENDER = {"measures": measures, "thresholds": thresholds, "adafire": adafire, "simulation": simulation, "ssc_iat": ssc_iat}
 
 
 def main() -> int:
