@@ -63,6 +63,10 @@ class ConversionConfig:
         v0_mode: ``initial`` (the membrane starts at ``v0 * theta``) or ``spread`` (it starts at 0 and
             ``v0 * theta / T`` is added every step: the same charge over T steps, spread out).
         t0: delayed evaluation: the output is averaged over steps t >= t0 only.
+        signed: signed neurons: a neuron that has fired sends a negative spike (taking one back) when
+            its membrane falls below 0, so that its net count follows the rounded ReLU of its running
+            input sum even when the input changes sign over time (event streams, one frame per step).
+            Not exportable to NIR / the portable format.
         encoding: ``direct`` (analog input every step) or ``poisson`` (rate-coded input spikes).
         calib_batches: at most this many calibration batches are used (None: all).
         sample_size: per layer, at most this many activation vectors are kept for percentile / mse.
@@ -98,6 +102,7 @@ class ConversionConfig:
     v0: float = 0.5
     v0_mode: str = "initial"
     t0: int = 0
+    signed: bool = False
     encoding: str = "direct"
     calib_batches: int | None = None
     sample_size: int = 20000
