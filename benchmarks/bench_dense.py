@@ -53,6 +53,21 @@ def data_for(name: str, calib: int, test: int):
     return tr.x, (te.x, te.y), entry.task
 
 
+def table(results: dict) -> str:
+    """Markdown rows: model, config, metric, ANN, SNN - ANN at each T (points)."""
+    head = "| model | config | metric | ANN | " + " | ".join(f"T={t}" for t in TS) + " |"
+    lines = [head, "|" + "---|" * (4 + len(TS))]
+    for r in results.values():
+        rows = [("", r["snn"])]
+        if "mean_frame" in r.get("extra", {}):
+            rows = [(" (one frame per step)", r["snn"]), (" (mean frame, static)", r["extra"]["mean_frame"])]
+        for mode, values in rows:
+            cells = [f"{(values[str(t)] - r['ann']) * 100:+.2f}" if str(t) in values else "-" for t in TS]
+            lines.append(f"| {r['model']}{mode} | {r['config']} | {r['metric']} | {r['ann'] * 100:.2f} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
@@ -60,10 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-samples", type=int, default=256)
     ap.add_argument("--test-samples", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--table", action="store_true", help="only print the markdown table of dense.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     path = RESULTS / "dense.json"
     payload = json.loads(path.read_text()) if path.is_file() else {"results": {}}
+    if args.table:
+        print(table(payload["results"]))
+        return 0
     payload["provenance"] = provenance("python benchmarks/bench_dense.py " + " ".join(sys.argv[1:]))
     for name in args.models:
         model = create_model(name, pretrained=True)
