@@ -37,6 +37,8 @@ CONFIGS = {
     "mse": {"threshold": "mse", "timesteps": 32},
     "ltb_signed": {"threshold": "ltb", "signed": True},
     "mse_signed": {"threshold": "mse", "timesteps": 32, "signed": True},
+    "ltb_signed_cap4": {"threshold": "ltb", "signed": True, "step_cap": 4},
+    "mse_signed_cap4": {"threshold": "mse", "timesteps": 32, "signed": True, "step_cap": 4},
 }
 TS = [8, 16, 32, 64, 128]
 

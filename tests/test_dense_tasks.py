@@ -166,6 +166,23 @@ def test_signed_snn_follows_sign_changing_sequences():
     assert err[True] < 0.1 and err[True] < err[False] / 3
 
 
+def test_step_cap_lets_bursts_through():
+    """A charge of 3 thresholds arriving at step 7 of 8: an IF neuron sends 1 spike a step (2 by the end),
+    one with step_cap=4 sends the 3 at once; the threshold is the IF one either way."""
+    xs = [0.0] * 6 + [3.0, 0.0]
+    for cap, expected in ((1, [0.0] * 6 + [1.0, 1.0]), (4, [0.0] * 6 + [3.0, 0.0])):
+        n = SpikingNeuron(torch.tensor(1.0), cap=cap, signed=True)
+        assert [float(n(torch.tensor([[x]]))) for x in xs] == expected
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).eval()
+    calib = torch.rand(64, 4)
+    plain = ann2snn.convert(model, calib, threshold="max", progress=False)
+    capped = ann2snn.convert(model, calib, threshold="max", step_cap=4, progress=False)
+    for a, b in zip(plain.neurons().values(), capped.neurons().values(), strict=True):
+        assert a.cap == 1 and b.cap == 4 and torch.equal(a.threshold, b.threshold)
+    with pytest.raises(ann2snn.ConfigError, match="step_cap"):
+        ann2snn.ConversionConfig(neuron="adafire", step_cap=2)
+
+
 # -- the bundled models ----------------------------------------------------------------------------
 
 def test_synthetic_datasets_match_their_zoo_models():
