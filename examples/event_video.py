@@ -9,8 +9,10 @@
    in two modes: the mean frame as static input every step, and the stream binned into T frames fed one
    frame per step (``snn.run(frames, sequence=True)``, frames ``[T, B, 2, H, W]``). Per-step frames change
    sign at every neuron as the object moves, which plain IF neurons cannot take back (a spike is never
-   undone): signed neurons (``signed=True``: negative spikes that cancel earlier ones) follow the
-   running mean instead.
+   undone), and arrive in bursts (a pixel sees events only while an edge crosses it), which an IF neuron
+   sending one spike a step cannot keep up with. Signed neurons (``signed=True``: negative spikes that
+   cancel earlier ones) with ``step_cap=4`` (up to 4 whole-threshold spikes a step) follow the running
+   mean instead.
 """
 
 import torch
@@ -36,10 +38,11 @@ events, _ = make_events(256, "train", seed=1)               # uint8 counts [N, 6
 calib = mean_event_frame(events)
 test = make_events(300, "test", seed=2)
 print("\nframes for T=8:", tuple(bin_events(test[0][:4], 8).shape), "([T, B, 2, H, W], their mean is the mean frame)")
-for signed in (False, True):
-    snn = ann2snn.convert(model, calib, threshold="ltb", signed=signed)
+for signed, step_cap in ((False, 1), (True, 4)):
+    snn = ann2snn.convert(model, calib, threshold="ltb", signed=signed, step_cap=step_cap)
     res = evaluate_task(snn, test, "events", [8, 16, 32, 64])
-    print(f"\neventcnn_events, {'signed' if signed else 'IF'} neurons, one event frame per step:")
+    kind = "signed neurons, step_cap=4" if signed else "IF neurons"
+    print(f"\neventcnn_events, {kind}, one event frame per step:")
     print(res.to_text())
     print("the mean frame as static input: " + ", ".join(
         f"T={t}: {v * 100:.2f}%" for t, v in res.extra["mean_frame"].items()))
