@@ -240,8 +240,12 @@ def to_snn(prepared: fx.GraphModule, caps: dict[str, int] | None = None, *, with
         mod = orig[node.target]
         if isinstance(mod, ThresholdObserver):
             cap = int(caps.get(mod.name, cfg.burst_cap if cfg.neuron == "adafire" else 1))
-            neuron = SpikingNeuron(mod.result / cap, cap=cap, v0=cfg.v0, clip=mod.clip, name=mod.name,
-                                   spread_steps=cfg.timesteps if cfg.v0_mode == "spread" else 0)
+            theta = mod.result / cap
+            if cfg.neuron == "if" and cfg.step_cap > 1:  # IF thresholds, bursts of whole thresholds
+                cap = cfg.step_cap
+            neuron = SpikingNeuron(theta, cap=cap, v0=cfg.v0, clip=mod.clip, name=mod.name,
+                                   spread_steps=cfg.timesteps if cfg.v0_mode == "spread" else 0,
+                                   signed=cfg.signed)
             modules[node.target] = neuron
             layers.append({"name": mod.name, "channels": int(mod.result.numel()), "cap": cap,
                            "clip_value_mean": float(mod.result.mean()), "clip_value_max": float(mod.result.max()),

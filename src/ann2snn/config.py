@@ -66,6 +66,14 @@ class ConversionConfig:
         v0_mode: ``initial`` (the membrane starts at ``v0 * theta``) or ``spread`` (it starts at 0 and
             ``v0 * theta / T`` is added every step: the same charge over T steps, spread out).
         t0: delayed evaluation: the output is averaged over steps t >= t0 only.
+        signed: signed neurons: a neuron that has fired sends a negative spike (taking one back) when
+            its membrane falls below 0, so that its net count follows the rounded ReLU of its running
+            input sum even when the input changes sign over time (event streams, one frame per step).
+            Not exportable to NIR / the portable format.
+        step_cap: IF neurons only: up to this many spikes per step, each worth the full threshold, so a
+            neuron can pass up to ``step_cap`` times its clip value in one step. Inputs that arrive in
+            bursts (one event frame per step) then need not wait for later steps; the resolution stays
+            ``threshold / T``. 1: plain IF.
         encoding: ``direct`` (analog input every step) or ``poisson`` (rate-coded input spikes).
         calib_batches: at most this many calibration batches are used (None: all).
         sample_size: per layer, at most this many activation vectors are kept for percentile / mse.
@@ -101,6 +109,8 @@ class ConversionConfig:
     v0: float = 0.5
     v0_mode: str = "initial"
     t0: int = 0
+    signed: bool = False
+    step_cap: int = 1
     encoding: str = "direct"
     calib_batches: int | None = None
     sample_size: int = 20000
@@ -137,6 +147,9 @@ class ConversionConfig:
         _positive_int("timesteps", self.timesteps)
         _positive_int("ltb_iters", self.ltb_iters)
         _positive_int("burst_cap", self.burst_cap)
+        _positive_int("step_cap", self.step_cap)
+        if self.step_cap > 1 and self.neuron != "if":
+            raise ConfigError(f"step_cap={self.step_cap} applies to IF neurons; AdaFire sets its caps itself")
         _positive_int("sample_size", self.sample_size)
         if self.calib_batches is not None:
             _positive_int("calib_batches", self.calib_batches)
