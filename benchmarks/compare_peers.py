@@ -23,6 +23,7 @@ install the peer. Phases (``--phases``, in this order; results are saved after e
 * ``measures``: wall time per sample and peak memory of an evaluation (batch 100, T = 32, no counting),
   each in a fresh process, as ratios to ann2snn IF+LTB.
 * ``plots``: accuracy against T and SOPs against accuracy, into docs/img/.
+* ``tables``: print the markdown tables of docs/benchmarks.md from the results.
 
 SOPs are counted the same way on both sides (ALGORITHMS.md §7): every spike that reaches a synaptic
 layer costs one accumulate per outgoing synapse (the layer's fan-out map, ann2snn.energy.fanout_map),
@@ -45,6 +46,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -82,7 +84,9 @@ def have_spikingjelly() -> bool:
 
 def sj_modes(has_relu_maxpool: bool) -> dict[str, dict]:
     """Every RateCodingRecipe / LocalThresholdBalancingRecipe setting that applies to a ReLU CNN."""
-    modes: dict[str, dict] = {"ltb": {"recipe": "ltb"}}
+    # LTB: the calibration images cycled 8 times (64 batches of 128 from 1,024 images, the budget of
+    # ann2snn's LTB, ltb_iters=64); one pass over them (8 batches) is screened too
+    modes: dict[str, dict] = {"ltb": {"recipe": "ltb", "passes": 8}, "ltb 1 pass": {"recipe": "ltb", "passes": 1}}
     for mode, tag in (("Max", "max"), ("99.9%", "p99.9"), ("99.99%", "p99.99"), (0.8, "0.8max")):
         modes[f"rate {tag} layer"] = {"recipe": "rate", "mode": mode}
         for half in (False, True):
@@ -100,7 +104,7 @@ def sj_convert(model: nn.Module, calib: list[torch.Tensor], spec: dict) -> nn.Mo
         RateCodingRecipe,
     )
     if spec["recipe"] == "ltb":
-        recipe = LocalThresholdBalancingRecipe(calib)
+        recipe = LocalThresholdBalancingRecipe(list(calib) * spec.get("passes", 1))
     else:
         recipe = RateCodingRecipe(calib, mode=spec["mode"], channel_wise=spec.get("channel_wise", False),
                                   pre_spike_maxpool=spec.get("pre_spike_maxpool", False),
@@ -482,6 +486,9 @@ def coverage_models() -> dict:
     for name in list_models():
         e = get_entry(name)
         out[name] = (lambda n=name: create_model(n, pretrained=False), tuple(e.input_shape), e.description)
+    from ann2snn.zoo.hed import HED
+    out["hed"] = (lambda: HED(side_outputs=True), (3, 64, 64),
+                  "HED edge detector (VGG-16, 5 side outputs, bilinear upsampling, dict output), random weights")
     for name, (factory, shape, desc) in TORCHVISION_STYLE.items():
         out[name] = (factory, shape, desc + ", random weights")
     return out
@@ -489,7 +496,7 @@ def coverage_models() -> dict:
 
 def _first_line(exc: BaseException) -> str:
     msg = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300]
+    return re.sub(r" at 0x[0-9a-f]+", "", f"{type(exc).__name__}: {msg[0] if msg else ''}")[:300]
 
 
 def coverage_one(tool: str, factory, shape) -> dict:
@@ -505,7 +512,8 @@ def coverage_one(tool: str, factory, shape) -> dict:
         else:
             from spikingjelly.activation_based import functional
             from spikingjelly.activation_based.neuron import BaseNode
-            snn = sj_convert(model, calib, {"recipe": "ltb"})
+            recipe = {"recipe": "ltb"} if tool == "spikingjelly" else {"recipe": "rate", "mode": "Max"}
+            snn = sj_convert(model, calib, recipe)
             functional.reset_net(snn)
             with torch.no_grad():
                 for _ in range(4):
@@ -522,7 +530,7 @@ def coverage_one(tool: str, factory, shape) -> dict:
 
 def phase_coverage(res, args):
     cov = res.setdefault("coverage", {})
-    tools = ["ann2snn"] + (["spikingjelly"] if have_spikingjelly() else [])
+    tools = ["ann2snn"] + (["spikingjelly", "spikingjelly-rate"] if have_spikingjelly() else [])
     for name, (factory, shape, desc) in coverage_models().items():
         row = cov.setdefault(name, {"description": desc, "input_shape": list(shape)})
         for tool in tools:
@@ -663,13 +671,103 @@ def _series(e: dict):
         yield f"SJ {k}", v["rows"], ["r--", "m--", "y--", "k--", "C1--"][i % 5]
 
 
+# -------------------------------------------------------------------------------------------- tables
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{v * 100:.1f}"
+
+
+def best_rows(e: dict, side: str, t: int) -> tuple[str | None, float | None, float | None]:
+    """(method, accuracy, SOPs) of the most accurate method of one side at T (ties: fewer SOPs)."""
+    best = (None, None, None)
+    for k, v in e.get(side, {}).items():
+        r = v.get("rows", {}).get(str(t))
+        if r is None:
+            continue
+        key = (r["accuracy"], -(r.get("sops") or 0))
+        if best[1] is None or key > (best[1], -(best[2] or 0)):
+            best = (k, r["accuracy"], r.get("sops"))
+    return best
+
+
+def render_tables(res: dict, ts: list[int]) -> str:
+    out = []
+    for name, e in res["models"].items():
+        ours, peer = e.get("ours", {}), e.get("peer", {})
+        cols = [(f"ann2snn {k}", v) for k, v in ours.items()] + [(f"SJ {k}", v) for k, v in peer.items()]
+        out.append(f"\n#### {name}: accuracy (%) on {e['test_samples']} test images, ANN {_pct(e['ann_accuracy'])}"
+                   + (f"; the ANN given to SpikingJelly ({e['peer_edit']}): {_pct(e.get('peer_ann_accuracy'))}"
+                      if e.get("peer_edit") and e.get("peer_ann_accuracy") is not None else
+                      (f"; SpikingJelly given: {e['peer_edit']}" if e.get("peer_edit") else "")) + "\n")
+        out.append("| T | " + " | ".join(c for c, _ in cols) + " | best ann2snn − best SJ |")
+        out.append("|---" * (len(cols) + 2) + "|")
+        for t in ts:
+            cells = [_pct(v.get("rows", {}).get(str(t), {}).get("accuracy")) for _, v in cols]
+            _, a, _ = best_rows(e, "ours", t)
+            _, b, _ = best_rows(e, "peer", t)
+            lead = "—" if a is None or b is None else f"{(a - b) * 100:+.1f}"
+            out.append(f"| {t} | " + " | ".join(cells) + f" | {lead} |")
+        out.append(f"\n{name}: SOPs per sample (millions) after T steps (the first layer's MACs not included)\n")
+        out.append("| T | " + " | ".join(c for c, _ in cols) + " |")
+        out.append("|---" * (len(cols) + 1) + "|")
+        for t in ts:
+            cells = []
+            for _, v in cols:
+                r = v.get("rows", {}).get(str(t), {})
+                cells.append("—" if r.get("sops") is None else f"{r['sops'] / 1e6:.1f}")
+            out.append(f"| {t} | " + " | ".join(cells) + " |")
+        scr = e.get("screen")
+        if scr:
+            out.append(f"\n{name}: screen of every SpikingJelly mode, accuracy (%) on the first {scr['samples']} "
+                       "of those test images\n")
+            out.append("| mode | " + " | ".join(f"T={t}" for t in ts) + " |")
+            out.append("|---" * (len(ts) + 1) + "|")
+            for mode, v in scr["modes"].items():
+                if "error" in v:
+                    out.append(f"| {mode} | fails: {v['error']} |" + " |" * (len(ts) - 1))
+                else:
+                    out.append(f"| {mode} | " + " | ".join(_pct(v["accuracy"].get(str(t))) for t in ts) + " |")
+    cov = res.get("coverage", {})
+    if cov:
+        out.append("\n#### Architecture coverage (conversion without hand edits, then 4 steps run)\n")
+        out.append("| model | what | ann2snn | SpikingJelly 2.0 (LTB recipe) | SpikingJelly 2.0 (rate-coding recipe) |")
+        out.append("|---|---|---|---|---|")
+        for name, row in cov.items():
+            cells = []
+            for tool in ("ann2snn", "spikingjelly", "spikingjelly-rate"):
+                r = row.get(tool)
+                err = "" if r is None or r["ok"] else re.sub(r" at 0x[0-9a-f]+", "", r["error"])
+                cells.append("not run" if r is None else ("yes" if r["ok"] else f"no: `{err}`"))
+            out.append(f"| {name} | {row['description']} | " + " | ".join(cells) + " |")
+        for tool in ("ann2snn", "spikingjelly", "spikingjelly-rate"):
+            ok = sum(1 for row in cov.values() if row.get(tool, {}).get("ok"))
+            out.append(f"\n{tool}: {ok}/{len(cov)}")
+    meas = res.get("measures", {})
+    if meas:
+        out.append("\n#### Wall time and peak memory of an evaluation (fresh process each, batch "
+                   "of 100 test images, T = 32, no counting)\n")
+        out.append("| model | tool:method | s per sample | time / ann2snn | peak RSS above start (MB) | "
+                   "memory / ann2snn |")
+        out.append("|---|---|---|---|---|---|")
+        for name, m in meas.items():
+            for key, v in m.items():
+                if not isinstance(v, dict):
+                    continue
+                if "error" in v:
+                    out.append(f"| {name} | {key} | fails: {v['error']} | | | |")
+                    continue
+                out.append(f"| {name} | {key} | {v['seconds_per_sample']:.3f} | {v.get('time_ratio_to_ann2snn', 1):.2f} | "
+                           f"{v['peak_above_start_mb']:.0f} | {v.get('memory_ratio_to_ann2snn', 1):.2f} |")
+    return "\n".join(out) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=MODELS)
-    p.add_argument("--phases", nargs="+", default=["screen", "peer", "ours", "coverage", "measures", "plots"])
+    p.add_argument("--phases", nargs="+", default=["screen", "peer", "ours", "coverage", "measures", "plots", "tables"])
     p.add_argument("--ts", type=int, nargs="+", default=TS)
     p.add_argument("--test-samples", type=int, default=500)
     p.add_argument("--screen-samples", type=int, default=100)
@@ -716,6 +814,8 @@ def main(argv=None) -> int:
         phase_measures(res, args)
     if "plots" in args.phases:
         phase_plots(res, args)
+    if "tables" in args.phases:
+        print(render_tables(res, args.ts))
     save_results(res, args.argv)
     return 0
 
