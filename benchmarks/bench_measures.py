@@ -6,7 +6,7 @@ test subset (AdaFire + MSE + advanced correction as the base).
 * ``v0_mode``: half-threshold start (``initial``) or the same charge spread over the window (``spread``).
 * ``mse_levels``: the MSE clipping search quantises to ``T`` or to ``T * m`` levels.
 * ``burst_cap``: the allocation's target cap (its budget is rho x the spikes at that cap); a lower
-  target trades accuracy for spikes.
+  target trades accuracy for spikes, a higher one spikes for accuracy.
 * ``burst_cost``: the budget counts spikes (the paper) or synaptic operations.
 """
 
@@ -31,6 +31,8 @@ VARIANTS = {
     "burst_cap=2,burst_initial=4": dict(burst_cap=2, burst_initial=4),
     "burst_cost=sops": dict(burst_cost="sops"),
     "burst_cost=sops,burst_cap=2": dict(burst_cost="sops", burst_cap=2),
+    "burst_cap=6": dict(burst_cap=6),
+    "mse_levels=Tm,burst_cap=6": dict(mse_levels="Tm", burst_cap=6),
 }
 
 

@@ -26,16 +26,6 @@ import ann2snn
 from ann2snn.energy import SynapticCounter
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def interleaved_medians(fns, repeats: int) -> tuple[list[float], list[float]]:
     """Median wall and CPU (process) time of each function; runs alternate so that slow phases of a
     shared machine hit every function alike. CPU time is the steadier figure when cores are contended."""
@@ -76,19 +66,27 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     x, _ = tensors(dataset, "test", args.batch, seed=3)
     snn = ann2snn.convert(model, xc.split(128))
     T = args.timesteps
-    with torch.no_grad():
-        t_ann = median_time(lambda: model(x), args.repeats)
-    t_folded = median_time(lambda: snn.analog(x, "relu"), args.repeats)
+
+    @torch.no_grad()
+    def ann():
+        model(x)
+
+    def folded():
+        snn.analog(x, "relu")
 
     def counted():
         with SynapticCounter(snn):
             snn.run(x, T)
 
-    (t_snn, t_counted), (c_snn, c_counted) = interleaved_medians([lambda: snn.run(x, T), counted], args.repeats)
+    # All four interleaved, so that every ratio compares runs made in the same phases of the machine.
+    wall, cpu = interleaved_medians([ann, folded, lambda: snn.run(x, T), counted], args.repeats)
+    (t_ann, t_folded, t_snn, t_counted), (c_ann, c_folded, c_snn, c_counted) = wall, cpu
     row = {"batch": args.batch, "T": T, "ann_forward_s": t_ann, "ann_bn_folded_forward_s": t_folded,
            "snn_run_s": t_snn, "snn_run_counting_s": t_counted,
            "ratio_vs_T_ann": t_snn / (T * t_ann), "ratio_vs_T_folded_ann": t_snn / (T * t_folded),
-           "counting_overhead": t_counted / t_snn, "snn_run_cpu_s": c_snn, "snn_run_counting_cpu_s": c_counted,
+           "counting_overhead": t_counted / t_snn, "ann_forward_cpu_s": c_ann, "ann_bn_folded_forward_cpu_s": c_folded,
+           "snn_run_cpu_s": c_snn, "snn_run_counting_cpu_s": c_counted,
+           "ratio_vs_T_ann_cpu": c_snn / (T * c_ann), "ratio_vs_T_folded_ann_cpu": c_snn / (T * c_folded),
            "counting_overhead_cpu": c_counted / c_snn, "memory": []}
     with tempfile.TemporaryDirectory() as tmp:
         path = ann2snn.save(snn, Path(tmp) / "snn.pt")
@@ -101,7 +99,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     peak = {r["T"]: r["peak_bytes"] for r in row["memory"]}
     row["peak_rss_ratio"] = peak[max(peak)] / peak[min(peak)]
     print(f"{name}: SNN T={T} {t_snn:.2f}s = {row['ratio_vs_T_ann']:.2f} x T x ANN "
-          f"({row['ratio_vs_T_folded_ann']:.2f} x T x BN-folded ANN); counting x{row['counting_overhead']:.2f} "
+          f"({row['ratio_vs_T_folded_ann']:.2f} x T x BN-folded ANN; CPU time {row['ratio_vs_T_ann_cpu']:.2f} / "
+          f"{row['ratio_vs_T_folded_ann_cpu']:.2f}); counting x{row['counting_overhead']:.2f} "
           f"(CPU time x{row['counting_overhead_cpu']:.2f}); "
           f"run memory above baseline " + ", ".join(f"T={k}: {v / 2**20:.1f} MiB" for k, v in m.items())
           + f"; peak RSS T={max(peak)} / T={min(peak)} = {row['peak_rss_ratio']:.3f}", flush=True)

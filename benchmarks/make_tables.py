@@ -59,12 +59,16 @@ def adafire(d: dict) -> list[str]:
 
 
 def simulation(d: dict) -> list[str]:
-    out = [prov(d), "", "| model | T | SNN / (T x ANN) | SNN / (T x BN-folded ANN) | counting on / off | "
-           "peak RSS T=256 / T=16 | run memory above baseline (MiB) |", "|---|---|---|---|---|---|---|"]
+    def both(r: dict, key: str) -> str:  # wall time, and CPU time where the run recorded it
+        return f"{r[key]:.2f}" + (f" ({r[key + '_cpu']:.2f})" if key + "_cpu" in r else "")
+
+    out = [prov(d), "", "Ratios of wall time (of CPU time, in brackets, where recorded).", "",
+           "| model | T | SNN / (T x ANN) | SNN / (T x BN-folded ANN) | counting on / off | "
+           "peak RSS T=max / T=min | run memory above baseline (MiB) |", "|---|---|---|---|---|---|---|"]
     for model, r in d["models"].items():
         mem = ", ".join(f"T={m['T']}: {(m['peak_bytes'] - m['base_bytes']) / 2**20:.0f}" for m in r["memory"])
-        out.append(f"| {model} | {r['T']} | {r['ratio_vs_T_ann']:.2f} | {r['ratio_vs_T_folded_ann']:.2f} | "
-                   f"{r['counting_overhead']:.2f} | {r['peak_rss_ratio']:.3f} | {mem} |")
+        out.append(f"| {model} | {r['T']} | {both(r, 'ratio_vs_T_ann')} | {both(r, 'ratio_vs_T_folded_ann')} | "
+                   f"{both(r, 'counting_overhead')} | {r['peak_rss_ratio']:.3f} | {mem} |")
     return out + [""]
 
 
@@ -79,13 +83,35 @@ def ssc_iat(d: dict) -> list[str]:
             out.append(f"| {tau} | {pct(r['accuracy'])} | {r['sops'] / 1e6:.2f} M | {pct(r['saving'])} % | "
                        f"{', '.join(f'{v:g}' for v in r['scales'].values())} |")
         out.append("")
-        out.append("| IAT T | accuracy % (full run) | mean steps (% of T) | wall time vs full | SOPs / image (full) | "
-                   "saving vs ANN (full) |")
-        out.append("|---|---|---|---|---|---|")
-        for t, r in e["iat"].items():
-            out.append(f"| {t} | {pct(r['accuracy'])} ({pct(r['full_accuracy'])}) | {r['mean_steps']:.2f} "
-                       f"({r['mean_steps'] / int(t) * 100:.0f} %) | {r['wall_ratio']:.2f} | {r['sops'] / 1e6:.2f} M "
-                       f"({r['full_sops'] / 1e6:.2f} M) | {pct(r['saving'])} % ({pct(r['full_saving'])} %) |")
+        out.append("| IAT T | schedule | accuracy % (full run) | mean steps (% of T) | wall time vs full | "
+                   "SOPs / image (full) | saving vs ANN (full) |")
+        out.append("|---|---|---|---|---|---|---|")
+        for t, rows in e["iat"].items():
+            if "accuracy" in rows:  # results written before several schedules were compared
+                rows = {"paper a=0.6 b=0.4": rows}
+            for sname, r in rows.items():
+                ab = f" (a={r['a']:.3f}, b={r['b']:.3f})" if "a" in r else ""
+                out.append(f"| {t} | {sname}{ab} | {pct(r['accuracy'])} ({pct(r['full_accuracy'])}) | "
+                           f"{r['mean_steps']:.2f} ({r['mean_steps'] / int(t) * 100:.0f} %) | {r['wall_ratio']:.2f} | "
+                           f"{r['sops'] / 1e6:.2f} M ({r['full_sops'] / 1e6:.2f} M) | {pct(r['saving'])} % "
+                           f"({pct(r['full_saving'])} %) |")
+        out.append("")
+    return out
+
+
+def measures(d: dict) -> list[str]:
+    out = [prov(d), ""]
+    for model, e in d["models"].items():
+        ts = sorted({int(t) for rows in e["variants"].values() for t in rows})
+        out.append(f"**{model}** — base {d['base']}; ANN {pct(e['ann_accuracy'])} % on the same "
+                   f"{e['test_samples']} test images; each cell: accuracy / ceiling (%), SOPs per image (millions)")
+        out.append("")
+        out.append("| variant | " + " | ".join(f"T={t}" for t in ts) + " |")
+        out.append("|---|" + "---|" * len(ts))
+        for v, rows in e["variants"].items():
+            cells = [rows.get(str(t)) for t in ts]
+            out.append(f"| {v} | " + " | ".join(
+                f"{pct(r['accuracy'])} / {pct(r['ceiling'])}, {r['sops'] / 1e6:.1f} M" if r else "" for r in cells) + " |")
         out.append("")
     return out
 
@@ -112,7 +138,8 @@ def hed(d: dict) -> list[str]:
     return out + [""]
 
 
-RENDER = {"hed": hed, "thresholds": thresholds, "adafire": adafire, "simulation": simulation, "ssc_iat": ssc_iat}
+RENDER = {"measures": measures, "hed": hed, "thresholds": thresholds, "adafire": adafire, "simulation": simulation,
+          "ssc_iat": ssc_iat}
 
 
 def main() -> int:

@@ -260,3 +260,42 @@ def test_percentile_on_a_wide_layer_beyond_quantile_size_limits():
     positive = torch.where(act > 0, act, torch.full_like(act, float("nan")))
     expected = torch.nan_to_num(torch.nanquantile(positive[:, :10], 0.99, dim=0), nan=0.0)
     assert torch.allclose(obs.result[:10], expected, rtol=1e-4, atol=1e-5)
+
+
+class TorchvisionStyleBlock(nn.Module):
+    """torchvision's BasicBlock calls one ``self.relu`` module twice."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + x)
+
+
+def test_a_relu_module_called_twice_gives_two_named_neuron_layers():
+    from ann2snn.energy import measure
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), TorchvisionStyleBlock(), TorchvisionStyleBlock(),
+                          nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    x = torch.randn(16, 1, 6, 6)
+    snn = ann2snn.convert(model, x, threshold="max", progress=False)
+    neurons = snn.neurons()
+    assert list(neurons) == ["1", "2.relu", "2.relu.call2", "3.relu", "3.relu.call2"]
+    assert len({id(m) for m in neurons.values()}) == 5
+    # each call site has its own thresholds (the two calls see different inputs)
+    assert not torch.equal(neurons["2.relu"].threshold, neurons["2.relu.call2"].threshold)
+    # per-layer spike counts are the layers' own: compare with hooks on each neuron module
+    seen = {name: 0.0 for name in neurons}
+    handles = [m.register_forward_hook(lambda mod, i, o, n=name: seen.__setitem__(n, seen[n] + float(mod.last_spikes.sum())))
+               for name, m in neurons.items()]
+    _, report = measure(snn, x, 8)
+    for h in handles:
+        h.remove()
+    spikes = {layer.name: layer.spikes for layer in report.layers if layer.kind == "neuron"}
+    assert set(spikes) == set(neurons)
+    for name, total in seen.items():
+        assert spikes[name] == pytest.approx(total / len(x), rel=1e-6)

@@ -282,8 +282,9 @@ def test_subset_deterministic():
 
 
 def test_registry_entries():
-    assert set(DATASETS) == {"digits", "mnist", "fashion-mnist"}
-    for info in DATASETS.values():
+    classic = {"digits", "mnist", "fashion-mnist"}
+    assert set(DATASETS) == classic | {"synthetic-seg", "synthetic-det", "synthetic-video", "synthetic-events"}
+    for info in (DATASETS[n] for n in classic):
         assert len(info.input_shape) == 3 and info.num_classes == 10 and info.std > 0 and info.description
         assert info.install
 

@@ -24,7 +24,7 @@ from .calibration.observers import ThresholdObserver
 from .config import ConversionConfig, resolve_config
 from .errors import CalibrationError, ConversionError
 from .model import SpikingModel
-from .neurons.modules import RunningMaxPool, SpikingNeuron
+from .neurons.modules import RunningMaxPool, SpikingNeuron, unique_label
 from .passes import normalize as P
 from .passes.patterns import Kind, classify, function_name
 from .tracing import source_of, trace
@@ -59,12 +59,16 @@ def insert_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> int:
     """Replace every ReLU-like node by a call to a :class:`ThresholdObserver`. Returns their number."""
     modules = P.modules_of(gm)
     count = 0
+    labels: set[str] = set()
     for node in list(gm.graph.nodes):
         c = classify(node, modules)
         if c.kind is not Kind.NEURON:
             continue
         name = f"neuron_{count}_{node.name}"
-        label = node.target if node.op == "call_module" else node.name
+        # A ReLU module called at several places (torchvision's BasicBlock calls self.relu twice) gives
+        # one neuron layer per call, each with its own state, thresholds and counts: name the later
+        # calls "<module>.call<k>" so that every layer has its own name.
+        label = unique_label(node.target if node.op == "call_module" else node.name, labels)
         obs = ThresholdObserver(
             label, cfg.threshold, cfg.granularity == "channel", c.cap,
             percentile=cfg.percentile, timesteps=cfg.timesteps, v0=cfg.v0,
@@ -236,8 +240,12 @@ def to_snn(prepared: fx.GraphModule, caps: dict[str, int] | None = None, *, with
         mod = orig[node.target]
         if isinstance(mod, ThresholdObserver):
             cap = int(caps.get(mod.name, cfg.burst_cap if cfg.neuron == "adafire" else 1))
-            neuron = SpikingNeuron(mod.result / cap, cap=cap, v0=cfg.v0, clip=mod.clip, name=mod.name,
-                                   spread_steps=cfg.timesteps if cfg.v0_mode == "spread" else 0)
+            theta = mod.result / cap
+            if cfg.neuron == "if" and cfg.step_cap > 1:  # IF thresholds, bursts of whole thresholds
+                cap = cfg.step_cap
+            neuron = SpikingNeuron(theta, cap=cap, v0=cfg.v0, clip=mod.clip, name=mod.name,
+                                   spread_steps=cfg.timesteps if cfg.v0_mode == "spread" else 0,
+                                   signed=cfg.signed)
             modules[node.target] = neuron
             layers.append({"name": mod.name, "channels": int(mod.result.numel()), "cap": cap,
                            "clip_value_mean": float(mod.result.mean()), "clip_value_max": float(mod.result.max()),

@@ -56,11 +56,13 @@ class LoadedModel:
     dataset: str | None = None
     num_classes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
 
     def describe(self) -> dict[str, Any]:
         """What goes into ``snn.info["source"]``."""
         return {"model": self.name, "model_kind": self.kind, "weights": self.weights,
-                "model_dataset": self.dataset, "input_shape": list(self.input_shape) if self.input_shape else None}
+                "model_dataset": self.dataset, "input_shape": list(self.input_shape) if self.input_shape else None,
+                "task": self.task}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -197,7 +199,8 @@ def _zoo_model(name: str, weights: str | os.PathLike | None, allow_untrained: bo
         apply_state_dict(model, load_state_dict_file(entry.checkpoint_path), str(entry.checkpoint_path), name)
         used = f"zoo:{entry.checkpoint}"
     model.eval()
-    return LoadedModel(model, name, "zoo", used, tuple(entry.input_shape), entry.dataset, entry.num_classes)
+    return LoadedModel(model, name, "zoo", used, tuple(entry.input_shape), entry.dataset, entry.num_classes,
+                       task=entry.task)
 
 
 def _onnx_model(path: Path, weights: str | os.PathLike | None) -> LoadedModel:
@@ -333,10 +336,11 @@ def load_data(spec: str, split: str, *, input_shape: tuple[int, ...] | None = No
 
 
 def check_data_fits(model: nn.Module, dataset, *, model_name: str, data_name: str,
-                    input_shape: tuple[int, ...] | None = None) -> int:
+                    input_shape: tuple[int, ...] | None = None, task: str = "classification") -> int:
     """One forward pass of two samples: the data must fit the model and the labels its outputs.
 
-    Returns the number of model outputs (classes).
+    Returns the number of model outputs (classes); for a ``task`` other than classification (dense
+    outputs: maps, boxes) only that the data fits, and 0.
     """
     x, y = dataset.tensors[0], dataset.tensors[1]
     shape = tuple(x.shape[1:])
@@ -349,6 +353,8 @@ def check_data_fits(model: nn.Module, dataset, *, model_name: str, data_name: st
     except Exception as exc:  # noqa: BLE001 - shape errors come as RuntimeError, ValueError, ...
         raise LoadError(f"data {data_name!r} of input shape {shape} does not fit model {model_name}: "
                         f"{_first_line(exc)}") from exc
+    if task != "classification":
+        return 0
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise LoadError(f"model {model_name} must output class scores [batch, classes] for classification, got {got}")

@@ -15,7 +15,7 @@ from torch.utils._pytree import tree_map
 
 from .config import ConversionConfig
 from .errors import ConfigError
-from .neurons.modules import RunningMaxPool, SpikingNeuron, StatefulModule
+from .neurons.modules import RunningMaxPool, SpikingNeuron, StatefulModule, unique_label
 
 
 def poisson_encode(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -26,6 +26,15 @@ def poisson_encode(x: Tensor, generator: torch.Generator | None = None) -> Tenso
     prob = (x.abs() / scale).clamp(0.0, 1.0)
     noise = torch.rand(prob.shape, generator=generator, device=generator.device if generator else x.device)
     return torch.sign(x) * (noise.to(x.device) < prob).to(x.dtype) * scale
+
+
+def _unique_neuron_names(graph_module: nn.Module) -> None:
+    """Give every neuron layer its own name (files written before names were made unique at conversion
+    could repeat a name when one ReLU module was called twice; per-layer maps are keyed by name)."""
+    taken: set[str] = set()
+    for m in graph_module.modules():
+        if isinstance(m, SpikingNeuron):
+            m.name = unique_label(m.name, taken)
 
 
 class SpikingModel(nn.Module):
@@ -48,6 +57,7 @@ class SpikingModel(nn.Module):
         self.step_hooks: list[Callable[[SpikingModel], None]] = []
         self.counters: list[Any] = []  # SynapticCounter objects attached to this model
         self.last_input: Tensor | None = None
+        _unique_neuron_names(graph_module)
 
     # -- structure -----------------------------------------------------------------------------
     def neurons(self) -> dict[str, SpikingNeuron]:

@@ -28,6 +28,7 @@ HELP = "convert a pretrained ReLU network into a spiking network (no training)"
 EPILOG = """examples:
   ann2snn convert --model vgg_digits --data digits --out snn.pt
   ann2snn convert --model vgg_fmnist --data fashion-mnist --threshold mse --timesteps 16
+  ann2snn convert --model unet_seg --data synthetic-seg --threshold mse --out seg.pt
   ann2snn convert --model mypkg.models:build --weights model_state.pt --data train.npz --config conv.toml
 """
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                         f"{tuple(loaded.input_shape)}")
     train = load_data(args.data, "train", input_shape=loaded.input_shape, mean=args.mean, std=args.std)
     check_data_fits(loaded.module, train, model_name=loaded.name, data_name=args.data,
-                    input_shape=loaded.input_shape)
+                    input_shape=loaded.input_shape, task=loaded.task)
     calib = subset(train, args.calib_samples, seed=cfg.seed)
     loader = DataLoader(calib, batch_size=args.batch_size, shuffle=False)
 

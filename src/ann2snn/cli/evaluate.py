@@ -15,6 +15,7 @@ from ..evaluation import EvalResult, evaluate_classifier
 from ..export import load_snn
 from ..loading import LoadError, load_data
 from ..model import SpikingModel
+from ..tasks import TASKS, TaskResult, evaluate_task
 from .common import UsageError, add_data_options, add_quiet, check_output_dir, positive_int, progress_flag
 
 HELP = "evaluate a saved spiking model: accuracy at T = 1, 2, 4, ..., the ANN, the ceiling, energy"
@@ -22,6 +23,9 @@ EPILOG = """examples:
   ann2snn evaluate snn.pt --data digits
   ann2snn evaluate snn.pt --data fashion-mnist --timesteps 64 --max-samples 2000 --report runs/report
   ann2snn evaluate snn.pt --json > result.json
+  ann2snn evaluate seg.pt --task segmentation --timesteps 64      # mIoU (task: default the zoo model's)
+  ann2snn evaluate det.pt --task detection                         # mAP@0.5 by pycocotools
+  ann2snn evaluate events.pt --task events                         # one event frame per SNN step
 """
 
 
@@ -42,6 +46,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("evaluate", help=HELP, description=HELP, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_eval_options(p)
+    p.add_argument("--task", choices=TASKS, default=None,
+                   help="what the output is and so the metric: classification (accuracy), segmentation (mIoU), "
+                        "detection (mAP@0.5, CenterNet outputs), events (accuracy with one event frame per step "
+                        "and on the mean frame); default: the zoo model's task, recorded at conversion")
     p.add_argument("--json", action="store_true", help="print only JSON (the same as EvalResult.to_dict())")
     p.add_argument("--report", metavar="DIR", help="also write plots and a report page into DIR")
     p.set_defaults(run=run)
@@ -66,6 +74,11 @@ def evaluate_from_args(args: argparse.Namespace, report_dir: str | None) -> tupl
     if mean is None and args.data is None and source.get("normalisation"):
         mean, std = source["normalisation"].get("mean"), source["normalisation"].get("std")
     shape = tuple(snn.info.get("example_shape") or ()) or None
+    task = getattr(args, "task", None) or source.get("task") or "classification"
+    if task != "classification":
+        if report_dir:
+            raise UsageError(f"report pages cover classification only; use `ann2snn evaluate --task {task}`")
+        return snn, _evaluate_task(args, snn, task, data_name, mean, std, shape), None
     test = load_data(data_name, "test", input_shape=shape, mean=mean, std=std)
     full = len(test)
     if args.max_samples is not None:
@@ -76,6 +89,41 @@ def evaluate_from_args(args: argparse.Namespace, report_dir: str | None) -> tupl
     result.meta.update({"snn": str(args.snn), "data": data_name, "split": "test", "of_samples": full,
                         "model": source.get("model")})
     return snn, result, out_dir
+
+
+def _evaluate_task(args, snn: SpikingModel, task: str, data_name: str, mean, std, shape) -> TaskResult:
+    """Segmentation, detection or event-stream evaluation (:func:`ann2snn.tasks.evaluate_task`)."""
+    if task == "events":
+        if data_name != "synthetic-events":
+            raise UsageError("--task events needs event streams: only --data synthetic-events provides them")
+        from ..data.synthetic import make_events
+
+        n = args.max_samples or 1000
+        test = make_events(n, "test", seed=2)
+        full = n
+        t_max = args.timesteps or 64
+        ts = [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= t_max]
+        if t_max not in ts:
+            raise UsageError(f"--task events bins the 64 sub-frames into T frames: T must divide 64, got {t_max}")
+    else:
+        ds = load_data(data_name, "test", input_shape=shape, mean=mean, std=std)
+        full = len(ds)
+        if args.max_samples is not None:
+            ds = subset(ds, args.max_samples, seed=0)
+        test = (ds.tensors[0], ds.tensors[1])
+        ts = args.timesteps
+        try:
+            out = snn.analog(test[0][:2], "relu")
+        except Exception as exc:  # noqa: BLE001
+            raise LoadError(f"data {data_name!r} does not fit the model: {str(exc).strip().splitlines()[0]}") from exc
+        if task == "detection" and not (isinstance(out, dict) and {"heatmap", "box"} <= set(out)):
+            raise LoadError("--task detection needs a CenterNet-style model with outputs {'heatmap', 'box'}")
+        if task == "segmentation" and not (isinstance(out, torch.Tensor) and out.ndim == 4):
+            raise LoadError("--task segmentation needs per-pixel class scores [batch, classes, H, W]")
+    result = evaluate_task(snn, test, task, ts, batch_size=args.batch_size)
+    result.meta.update({"snn": str(args.snn), "data": data_name, "split": "test", "of_samples": full,
+                        "model": (snn.info.get("source") or {}).get("model")})
+    return result
 
 
 def _check_fits(snn: SpikingModel, data, data_name: str, shape: tuple | None) -> None:
@@ -95,10 +143,16 @@ def _check_fits(snn: SpikingModel, data, data_name: str, shape: tuple | None) ->
                         f"only {out.shape[1]} classes")
 
 
-def describe(snn: SpikingModel, result: EvalResult, path: str) -> str:
+def describe(snn: SpikingModel, result: EvalResult | TaskResult, path: str) -> str:
     cfg = snn.config
     source = snn.info.get("source") or {}
     made = f"{source['model']}, " if source.get("model") else ""
+    if isinstance(result, TaskResult):
+        mode = f"; {result.extra['mode']}" if result.extra.get("mode") else ""
+        return (f"{Path(path).name}: {made}{len(snn.neurons())} neuron layers, {cfg.neuron} neurons, "
+                f"{cfg.threshold} thresholds ({cfg.granularity}-wise)\n"
+                f"task: {result.task} ({result.metric}); data: {result.meta['data']} test split, "
+                f"{result.samples} samples{mode}\n")
     subset_note = f" (random subset of {result.meta['of_samples']})" if result.samples < result.meta.get("of_samples", 0) else ""
     return (f"{Path(path).name}: {made}{len(snn.neurons())} neuron layers, {cfg.neuron} neurons, "
             f"{cfg.threshold} thresholds ({cfg.granularity}-wise)\n"
@@ -114,6 +168,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(describe(snn, result, args.snn))
         print(result.to_text())
+        if isinstance(result, TaskResult) and "mean_frame" in result.extra:
+            print("\nthe mean event frame as static input, every step:")
+            print("\n".join(f"{t:>6}  {v * 100:13.2f}%  {(v - result.ann) * 100:+8.2f}"
+                            for t, v in result.extra["mean_frame"].items()))
     if out_dir is not None:
         from ..report import write_report
 

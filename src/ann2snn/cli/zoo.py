@@ -26,7 +26,8 @@ def models() -> list[dict[str, Any]]:
         m = meta.get(name, {})
         rows.append({"name": name, "dataset": e.dataset, "input_shape": list(e.input_shape),
                      "classes": e.num_classes, "pretrained": e.has_checkpoint,
-                     "test_accuracy": m.get("test_accuracy") if e.has_checkpoint else None,
+                     "test_accuracy": m.get("test_accuracy", m.get("test_metric")) if e.has_checkpoint else None,
+                     "task": e.task, "metric": m.get("metric", "accuracy"),
                      "description": e.description})
     return rows
 
@@ -53,17 +54,18 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"models": ms, "datasets": ds}, indent=2))
         return 0
     print("models (ann2snn convert --model NAME):")
-    print(f"  {'name':<18}{'dataset':<15}{'input':<11}{'checkpoint':<12}{'ANN acc':>8}  description")
+    print(f"  {'name':<18}{'dataset':<17}{'input':<11}{'checkpoint':<12}{'ANN':>8}  description")
     for r in ms:
         shape = "x".join(str(s) for s in r["input_shape"])
         acc = f"{r['test_accuracy'] * 100:.2f}%" if r["test_accuracy"] is not None else "-"
         ck = "yes" if r["pretrained"] else "missing"
-        print(f"  {r['name']:<18}{r['dataset']:<15}{shape:<11}{ck:<12}{acc:>8}  {r['description']}")
+        metric = "" if r["metric"] == "accuracy" else f" ({r['metric']})"
+        print(f"  {r['name']:<18}{r['dataset']:<17}{shape:<11}{ck:<12}{acc:>8}  {r['description']}{metric}")
     print("\ndatasets (--data NAME, or a .npz with x/y, or a folder of images per class):")
-    print(f"  {'name':<15}{'input':<11}{'available':<11}notes")
+    print(f"  {'name':<17}{'input':<11}{'available':<11}notes")
     for r in ds:
         shape = "x".join(str(s) for s in r["input_shape"])
         status = "yes" if r["available"] else "no"
         note = r["note"] if r["available"] else f"install with: {r['install']}"
-        print(f"  {r['name']:<15}{shape:<11}{status:<11}{note}")
+        print(f"  {r['name']:<17}{shape:<11}{status:<11}{note}")
     return 0

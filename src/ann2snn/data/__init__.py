@@ -1,5 +1,6 @@
 """Dataset readers (digits, MNIST, Fashion-MNIST, .npz, image folders) and input encoders."""
 
+from . import synthetic  # noqa: F401  (registers the synthetic-* datasets)
 from .datasets import (
     DATASETS,
     ArrayDataset,

@@ -220,6 +220,9 @@ def lower(snn: SpikingModel, example_shape: tuple[int, ...] | None = None, targe
         if node.op == "call_module":
             mod = modules[node.target]
             label = f"call_module {type(mod).__name__}"
+            if isinstance(mod, SpikingNeuron) and mod.signed:
+                refuse(node, label, "signed neurons (negative spikes, convert with signed=False) cannot be exported")
+                continue
             if isinstance(mod, SpikingNeuron):
                 v0, shift = mod.v0, mod.bias_shift.detach().cpu().clone()
                 if mod.spread_steps:  # v0_mode="spread" is a start at 0 plus a constant per-step current

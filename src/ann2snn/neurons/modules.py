@@ -27,6 +27,15 @@ def broadcast_channel(param: Tensor, ndim: int, channel_dim: int = 1) -> Tensor:
     return param.reshape(shape)
 
 
+def unique_label(label: str, taken: set[str]) -> str:
+    """``label``, or ``label.call<k>`` with the smallest ``k >= 2`` not yet in ``taken``; added to ``taken``."""
+    out, k = label, 2
+    while out in taken:
+        out, k = f"{label}.call{k}", k + 1
+    taken.add(out)
+    return out
+
+
 class StatefulModule(nn.Module):
     """Base of every module that carries state across timesteps."""
 
@@ -52,6 +61,10 @@ class SpikingNeuron(StatefulModule):
             every step instead (ALGORITHMS.md §2: the half-threshold start spread over the window).
         clip: an upper bound of the activation it replaces (ReLU6: 6), ``None`` for plain ReLU.
         name: the graph node it replaces, for reports.
+        signed: a neuron that has fired may also send negative spikes (up to ``cap`` a step, never
+            more than its net count so far) when its membrane falls below 0: each takes back an earlier
+            spike. Its net count then follows the rounded ReLU of its running input sum whatever the
+            order of the inputs, which inputs that change sign over time (event streams) need.
     """
 
     def __init__(
@@ -62,6 +75,7 @@ class SpikingNeuron(StatefulModule):
         clip: float | None = None,
         name: str = "",
         spread_steps: int = 0,
+        signed: bool = False,
     ) -> None:
         super().__init__()
         threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
@@ -73,6 +87,8 @@ class SpikingNeuron(StatefulModule):
         self.spread_steps = int(spread_steps)
         self.clip = clip
         self.name = name
+        self.signed = bool(signed)
+        self.count: Tensor | None = None  # net spikes so far (signed neurons only)
         self.analog: str | None = None
         self.quant_timesteps = 0
         self.v: Tensor | None = None
@@ -83,17 +99,19 @@ class SpikingNeuron(StatefulModule):
 
     def extra_repr(self) -> str:
         kind = "IF" if self.cap == 1 else f"AdaFire(cap={self.cap})"
+        kind = f"signed {kind}" if self.signed else kind
         spread = f" spread over {self.spread_steps} steps" if self.spread_steps else ""
         return f"{kind}, channels={self.threshold.numel()}, v0={self.v0}{spread}, name={self.name!r}"
 
     def spec(self) -> dict[str, Any]:
         return {"cap": self.cap, "v0": self.v0, "clip": self.clip, "name": self.name,
-                "threshold_shape": list(self.threshold.shape), "spread_steps": self.spread_steps}
+                "threshold_shape": list(self.threshold.shape), "spread_steps": self.spread_steps,
+                "signed": self.signed}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> SpikingNeuron:
         return cls(torch.zeros(spec["threshold_shape"]), spec["cap"], spec["v0"], spec["clip"], spec["name"],
-                   int(spec.get("spread_steps", 0)))
+                   int(spec.get("spread_steps", 0)), bool(spec.get("signed", False)))
 
     @torch.no_grad()
     def set_cap(self, cap: int) -> None:
@@ -118,11 +136,14 @@ class SpikingNeuron(StatefulModule):
 
     def reset(self) -> None:
         self.v = None
+        self.count = None
         self.last_spikes = None
 
     def select(self, index: Tensor) -> None:
         if self.v is not None:
             self.v = self.v.index_select(0, index)
+        if self.count is not None:
+            self.count = self.count.index_select(0, index)
 
     def forward(self, x: Tensor) -> Tensor:
         theta = self.effective_threshold(x.ndim, x.dtype)
@@ -147,10 +168,25 @@ class SpikingNeuron(StatefulModule):
         else:
             spikes = torch.floor(v / theta).clamp_(0.0, float(self.cap))
             spikes = torch.where(v >= theta, spikes.clamp_(min=1.0), torch.zeros_like(spikes))
+        if self.signed:
+            spikes = self._signed(v, theta, spikes)
         out = spikes * theta
         v.sub_(out)
         self.last_spikes = spikes
         return out
+
+    def _signed(self, v: Tensor, theta: Tensor, spikes: Tensor) -> Tensor:
+        """Add negative spikes where ``v < 0``: ``ceil(-v / theta)``, at most ``cap`` and the net count."""
+        spikes = spikes.to(v.dtype)
+        if self.count is None:
+            self.count = torch.zeros_like(v)
+        if self.cap == 1:
+            neg = ((v < 0) & (self.count > 0)).to(v.dtype)
+        else:
+            neg = torch.minimum(torch.ceil(-v / theta).clamp_(0.0, float(self.cap)), self.count)
+        spikes = spikes - neg
+        self.count.add_(spikes)
+        return spikes
 
     def _analog(self, x: Tensor, theta: Tensor) -> Tensor:
         if self.analog == "relu":

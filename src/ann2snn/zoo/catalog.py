@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from .dense import CenterNet, EventCNN, SegUNet, Video3D
 from .models import CNN, MLP, VGG, MobileNetV2, ResNet
 from .registry import register_model
 
@@ -79,3 +80,31 @@ def mobilenet_fmnist(**kwargs) -> nn.Module:
                           "inverted_residual_setting": ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 2, 2),
                                                         (4, 64, 1, 2)),
                           **kwargs})
+
+
+# ----------------------------------------------- synthetic dense / video / event tasks (issue 8)
+# Trained by benchmarks/train_dense.py on the generators of ann2snn.data.synthetic.
+
+
+@register_model("unet_seg", dataset="synthetic-seg", input_shape=(1, 32, 32), num_classes=5, task="segmentation",
+                description="U-Net (16-32-64, ConvTranspose + concat skips): 5-class masks of Fashion-MNIST canvases")
+def unet_seg(**kwargs) -> nn.Module:
+    return SegUNet(**{"in_channels": 1, "num_classes": 5, "width": 16, **kwargs})
+
+
+@register_model("centernet_det", dataset="synthetic-det", input_shape=(1, 48, 48), num_classes=4, task="detection",
+                description="CenterNet-style anchor-free detector, stride 4, heatmap + box heads, 4 classes")
+def centernet_det(**kwargs) -> nn.Module:
+    return CenterNet(**{"in_channels": 1, "num_classes": 4, "width": 16, **kwargs})
+
+
+@register_model("video3d_motion", dataset="synthetic-video", input_shape=(1, 8, 24, 24), num_classes=8,
+                description="3-D CNN (Conv3d, BN3d, MaxPool3d, AvgPool3d): direction of a moving object, 8 classes")
+def video3d_motion(**kwargs) -> nn.Module:
+    return Video3D(**{"in_channels": 1, "num_classes": 8, "width": 8, **kwargs})
+
+
+@register_model("eventcnn_events", dataset="synthetic-events", input_shape=(2, 24, 24), num_classes=10,
+                description="CNN on ON/OFF event frames of moving Fashion-MNIST objects (simulated DVS), 10 classes")
+def eventcnn_events(**kwargs) -> nn.Module:
+    return EventCNN(**{"in_channels": 2, "num_classes": 10, "width": 16, **kwargs})

@@ -38,7 +38,8 @@ class ZooEntry:
     ``factory(**kwargs)`` builds it; ``dataset`` names the entry of :data:`ann2snn.data.DATASETS` it
     was trained on; ``checkpoint`` is a file name in :data:`WEIGHTS_DIR` (``None``: no checkpoint);
     ``train`` holds the :func:`~ann2snn.zoo.training.train_classifier` keyword arguments used to
-    produce the checkpoint.
+    produce the checkpoint; ``task`` says what its output is (``classification``, ``segmentation``,
+    ``detection``; see :mod:`ann2snn.tasks`) and so which metric evaluates it.
     """
 
     name: str
@@ -49,6 +50,7 @@ class ZooEntry:
     checkpoint: str | None = None
     description: str = ""
     train: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -74,6 +76,7 @@ def register_model(
     checkpoint: str | None | object = _DEFAULT,
     description: str = "",
     train: dict[str, Any] | None = None,
+    task: str = "classification",
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a model factory under ``name``.
 
@@ -96,6 +99,7 @@ def register_model(
             checkpoint=ckpt,  # type: ignore[arg-type]
             description=desc,
             train=dict(train or {}),
+            task=task,
         )
         return factory
 
