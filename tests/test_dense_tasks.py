@@ -269,6 +269,8 @@ def test_cli_convert_and_evaluate_segmentation(capsys, tmp_path):
     assert res["samples"] == 8 and 0 < res["ann"] <= 1
     assert main(["evaluate", str(out), "--max-samples", "8", "-T", "4", "--task", "classification", "-q"]) == 2
     assert "classifier" in capsys.readouterr().err
+    assert main(["evaluate", str(out), "--task", "events", "-q"]) == 2
+    assert "event streams" in capsys.readouterr().err
 
 
 def test_signed_burst_snn_saves_loads_and_refuses_export(tmp_path):

@@ -105,6 +105,7 @@ def video3d_motion(**kwargs) -> nn.Module:
 
 
 @register_model("eventcnn_events", dataset="synthetic-events", input_shape=(2, 24, 24), num_classes=10,
+                task="events",
                 description="CNN on ON/OFF event frames of moving Fashion-MNIST objects (simulated DVS), 10 classes")
 def eventcnn_events(**kwargs) -> nn.Module:
     return EventCNN(**{"in_channels": 2, "num_classes": 10, "width": 16, **kwargs})
