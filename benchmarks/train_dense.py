@@ -73,7 +73,7 @@ def test_metric(task: str, model, x, y) -> float:
 RECIPES = {
     "unet_seg": {"epochs": 15, "lr": 3e-3, "batch_size": 32},
     "centernet_det": {"epochs": 15, "lr": 3e-3, "batch_size": 32},
-    "video3d_motion": {"epochs": 6, "lr": 3e-3, "batch_size": 32},
+    "video3d_motion": {"epochs": 10, "lr": 3e-3, "batch_size": 32},
     "eventcnn_events": {"epochs": 15, "lr": 3e-3, "batch_size": 32},
 }
 TASK = {"unet_seg": "segmentation", "centernet_det": "detection", "video3d_motion": "classification",

@@ -6,7 +6,7 @@ The SNN outputs two maps averaged over the steps: class-centre logits and box of
 decoding (sigmoid, 3x3 peak picking as NMS, top-k) runs outside the SNN on those averaged outputs;
 mAP is computed by pycocotools (pip install pycocotools). From the command line:
 
-    ann2snn convert --model centernet_det --data synthetic-det --threshold mse --timesteps 32 --out det.pt
+    ann2snn convert --model centernet_det --data synthetic-det --threshold mse --timesteps 32 --signed --out det.pt
     ann2snn evaluate det.pt --timesteps 64 --max-samples 200        # task inferred: detection (mAP@0.5)
 """
 
@@ -22,7 +22,7 @@ model = create_model("centernet_det", pretrained=True)
 calib, _ = make_detection(256, "train", seed=1)
 x, boxes = make_detection(200, "test", seed=2)             # boxes: [N, 3, 5] = label, x0, y0, x1, y1 (-1: none)
 
-snn = ann2snn.convert(model, calib, threshold="mse", timesteps=32)
+snn = ann2snn.convert(model, calib, threshold="mse", timesteps=32, signed=True)  # the best config here
 print(evaluate_task(snn, (x, boxes), "detection", [4, 8, 16, 32, 64]).to_text())
 
 out = snn.run(x[:1], 64)                                    # {"heatmap": [1, 4, 12, 12], "box": [1, 4, 12, 12]}

@@ -3,7 +3,7 @@
     .venv/bin/python examples/event_video.py         # two or three minutes on one CPU core
 
 1. ``video3d_motion``: Conv3d / BatchNorm3d / MaxPool3d / AvgPool3d over 8-frame clips of a moving object
-   (the label is its direction); the whole clip is the static input of every SNN step.
+   (the label is its direction and speed); the whole clip is the static input of every SNN step.
 2. ``eventcnn_events``: a CNN trained on the mean ON/OFF event frame of a moving Fashion-MNIST object
    (events: log-intensity changes above a contrast threshold, as a DVS camera emits them). The SNN runs
    in two modes: the mean frame as static input every step, and the stream binned into T frames fed one
@@ -27,10 +27,10 @@ torch.set_num_threads(1)
 # 1. video
 model = create_model("video3d_motion", pretrained=True)
 calib, _ = make_video(256, "train", seed=1)                 # [N, 1, 8, 24, 24]
-clips, direction = make_video(300, "test", seed=2)
+clips, motion = make_video(300, "test", seed=2)
 snn = ann2snn.convert(model, calib, threshold="mse", timesteps=32)
-print("video3d_motion, direction of motion (8 classes):")
-print(evaluate_task(snn, (clips, direction), "classification", [4, 8, 16, 32, 64]).to_text())
+print("video3d_motion, direction and speed of motion (16 classes):")
+print(evaluate_task(snn, (clips, motion), "classification", [4, 8, 16, 32, 64]).to_text())
 
 # 2. events
 model = create_model("eventcnn_events", pretrained=True)

@@ -5,7 +5,7 @@
 The SNN's output is the per-pixel class score map averaged over the steps; the argmax per pixel (the
 post-processing) runs outside the SNN, as it does on the ANN's output. The same from the command line:
 
-    ann2snn convert --model unet_seg --data synthetic-seg --threshold mse --timesteps 32 --out seg.pt
+    ann2snn convert --model unet_seg --data synthetic-seg --threshold mse --timesteps 32 --signed --out seg.pt
     ann2snn evaluate seg.pt --timesteps 64 --max-samples 200        # task inferred: segmentation (mIoU)
 """
 
@@ -21,7 +21,7 @@ model = create_model("unet_seg", pretrained=True)           # U-Net: ConvTranspo
 calib, _ = make_segmentation(256, "train", seed=1)         # 32x32 canvases, 2 Fashion-MNIST objects each
 x, masks = make_segmentation(200, "test", seed=2)          # masks: 0 background, 1..4 super-classes
 
-snn = ann2snn.convert(model, calib, threshold="mse", timesteps=32)
+snn = ann2snn.convert(model, calib, threshold="mse", timesteps=32, signed=True)  # the best config here
 print(f"classes: {', '.join(SEG_CLASSES)}")
 print(evaluate_task(snn, (x, masks), "segmentation", [4, 8, 16, 32, 64]).to_text())
 

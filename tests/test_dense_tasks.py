@@ -55,16 +55,18 @@ def test_generators_are_deterministic_and_well_formed():
             inside[int(r[2]):int(r[4]), int(r[1]):int(r[3])] = True
         assert float(x[i, 0][~inside].sum()) == 0
 
-    v, d = S.make_video(4, "test", seed=3)
-    assert v.shape == (4, 1, 8, 24, 24) and torch.equal(v, S.make_video(4, "test", seed=3)[0])
-    assert int(d.max()) < 8
-    # the object moves: the centre of mass shifts in the labelled direction
+    v, d = S.make_video(8, "test", seed=3)
+    assert v.shape == (8, 1, 8, 24, 24) and torch.equal(v, S.make_video(8, "test", seed=3)[0])
+    assert int(d.max()) < 16
+    # the object moves: the centre of mass shifts in the labelled direction by 7 frames x the speed
     mass = v[:, 0].sum((2, 3))
     rows = (v[:, 0].sum(3) * torch.arange(24.0)).sum(2) / mass
     cols = (v[:, 0].sum(2) * torch.arange(24.0)).sum(2) / mass
-    angle = d.float() * torch.pi / 4
+    angle = (d % 8).float() * torch.pi / 4
+    travel = 7 * torch.tensor(S.VIDEO_SPEEDS)[d // 8]
     shift_r, shift_c = rows[:, -1] - rows[:, 0], cols[:, -1] - cols[:, 0]
-    assert (shift_c * torch.cos(angle) - shift_r * torch.sin(angle) > 4).all()
+    along = shift_c * torch.cos(angle) - shift_r * torch.sin(angle)
+    assert ((along - travel).abs() < 0.5).all(), (along, travel)
 
 
 def test_events_and_their_frames():
@@ -269,6 +271,8 @@ def test_cli_convert_and_evaluate_segmentation(capsys, tmp_path):
     assert res["samples"] == 8 and 0 < res["ann"] <= 1
     assert main(["evaluate", str(out), "--max-samples", "8", "-T", "4", "--task", "classification", "-q"]) == 2
     assert "classifier" in capsys.readouterr().err
+    assert main(["evaluate", str(out), "--task", "events", "-q"]) == 2
+    assert "event streams" in capsys.readouterr().err
 
 
 def test_signed_burst_snn_saves_loads_and_refuses_export(tmp_path):

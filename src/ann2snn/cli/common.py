@@ -259,3 +259,9 @@ def check_output_dir(path: str) -> Path:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise UsageError(f"cannot create report folder {p}: {ancestor} is not writable")
     return p
+
+
+def neuron_words(cfg: ConversionConfig) -> str:
+    """``if``, ``adafire``, ``signed if, step cap 4``: the neuron kind for one-line summaries."""
+    words = ("signed " if cfg.signed else "") + cfg.neuron
+    return words + (f", step cap {cfg.step_cap}" if cfg.step_cap > 1 else "")

@@ -21,6 +21,7 @@ from .common import (
     add_quiet,
     build_config,
     check_writable_file,
+    neuron_words,
     positive_int,
 )
 
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     neurons = snn.neurons()
     passes = snn.info.get("passes", {})
     print(f"converted {loaded.name} -> {out}")
-    print(f"  {len(neurons)} neuron layers ({cfg.neuron}, {cfg.threshold} thresholds, {cfg.granularity}-wise), "
+    print(f"  {len(neurons)} neuron layers ({neuron_words(cfg)}, {cfg.threshold} thresholds, {cfg.granularity}-wise), "
           f"T={cfg.timesteps}; calibrated on {len(calib)} {args.data} training samples in {seconds:.1f} s")
     if passes:
         print(f"  graph: {passes.get('nodes_traced', '?')} nodes traced -> {passes.get('nodes_final', '?')}; "

@@ -16,7 +16,15 @@ from ..export import load_snn
 from ..loading import LoadError, load_data
 from ..model import SpikingModel
 from ..tasks import TASKS, TaskResult, evaluate_task
-from .common import UsageError, add_data_options, add_quiet, check_output_dir, positive_int, progress_flag
+from .common import (
+    UsageError,
+    add_data_options,
+    add_quiet,
+    check_output_dir,
+    neuron_words,
+    positive_int,
+    progress_flag,
+)
 
 HELP = "evaluate a saved spiking model: accuracy at T = 1, 2, 4, ..., the ANN, the ceiling, energy"
 EPILOG = """examples:
@@ -149,12 +157,12 @@ def describe(snn: SpikingModel, result: EvalResult | TaskResult, path: str) -> s
     made = f"{source['model']}, " if source.get("model") else ""
     if isinstance(result, TaskResult):
         mode = f"; {result.extra['mode']}" if result.extra.get("mode") else ""
-        return (f"{Path(path).name}: {made}{len(snn.neurons())} neuron layers, {cfg.neuron} neurons, "
+        return (f"{Path(path).name}: {made}{len(snn.neurons())} neuron layers, {neuron_words(cfg)} neurons, "
                 f"{cfg.threshold} thresholds ({cfg.granularity}-wise)\n"
                 f"task: {result.task} ({result.metric}); data: {result.meta['data']} test split, "
                 f"{result.samples} samples{mode}\n")
     subset_note = f" (random subset of {result.meta['of_samples']})" if result.samples < result.meta.get("of_samples", 0) else ""
-    return (f"{Path(path).name}: {made}{len(snn.neurons())} neuron layers, {cfg.neuron} neurons, "
+    return (f"{Path(path).name}: {made}{len(snn.neurons())} neuron layers, {neuron_words(cfg)} neurons, "
             f"{cfg.threshold} thresholds ({cfg.granularity}-wise)\n"
             f"data: {result.meta['data']} test split, {result.samples} samples{subset_note}; T = {result.timesteps}\n")
 

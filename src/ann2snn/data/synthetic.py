@@ -8,8 +8,8 @@ come from the Fashion-MNIST ``split``, positions and motions from a ``numpy`` ge
   super-classes of :data:`SUPER_CLASSES`, 1..4).
 * :func:`make_detection`: 48 x 48 canvases with 1-3 objects, boxes ``[x0, y0, x1, y1]`` (pixels, tight
   around the object's pixels) with super-class labels 0..3, padded to :data:`MAX_OBJECTS` rows.
-* :func:`make_video`: 8-frame clips ``[1, 8, 24, 24]`` of one object moving in one of 8 directions; the
-  label is the direction.
+* :func:`make_video`: 8-frame clips ``[1, 8, 24, 24]`` of one object moving in one of 8 directions at
+  0.5 or 1 pixel per frame; the label is the direction and speed (16 classes).
 * :func:`make_events`: an object moving along a small triangle (as the saccades of N-MNIST), seen by a
   simulated event camera: ON / OFF events where the log intensity changed by more than a contrast
   threshold since the pixel's last event, counted per polarity in :data:`EVENT_SUBFRAMES` sub-frames
@@ -58,6 +58,7 @@ MASK_LEVEL = 0.15  # an object's pixel belongs to it where its intensity exceeds
 EVENT_SUBFRAMES = 64
 EVENT_CONTRAST = 0.15  # log-intensity change that triggers an event
 VIDEO_DIRECTIONS = 8
+VIDEO_SPEEDS = (0.5, 1.0)
 
 
 @functools.lru_cache(maxsize=2)
@@ -160,13 +161,15 @@ def _render(objs: torch.Tensor, pos: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def make_video(n: int, split: str = "train", seed: int = 0, size: int = 24, frames: int = 8,
-               speed: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` float32 ``[n, 1, frames, size, size]`` (an object moving ``speed`` pixels per frame) and
-    ``y`` int64 ``[n]``: the direction, ``k * 45`` degrees counter-clockwise from "right", k = 0..7."""
+               speeds: tuple[float, ...] = VIDEO_SPEEDS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` float32 ``[n, 1, frames, size, size]`` (an object moving at ``speeds[j]`` pixels per frame)
+    and ``y`` int64 ``[n]``: ``k + 8 j`` for the direction ``k * 45`` degrees counter-clockwise from
+    "right" (k = 0..7) and the speed ``speeds[j]``."""
     rng = np.random.default_rng(seed)
     objs, _ = _pick(split, rng, n)
-    y = rng.integers(0, VIDEO_DIRECTIONS, size=n)
-    angle = y * (2 * math.pi / VIDEO_DIRECTIONS)
+    y = rng.integers(0, VIDEO_DIRECTIONS * len(speeds), size=n)
+    angle = (y % VIDEO_DIRECTIONS) * (2 * math.pi / VIDEO_DIRECTIONS)
+    speed = np.asarray(speeds, dtype=np.float64)[y // VIDEO_DIRECTIONS][:, None]
     step = np.stack([-np.sin(angle), np.cos(angle)], axis=1) * speed  # (row, col) per frame
     travel = step * (frames - 1)
     lo = np.maximum(0.0, -travel)
@@ -255,7 +258,7 @@ def synthetic_dataset(name: str, split: str = "train", n: int | None = None) -> 
         classes = SUPER_CLASSES
     elif name == "synthetic-video":
         x, y = make_video(n, split, seed)
-        classes = tuple(f"{k * 45} deg" for k in range(VIDEO_DIRECTIONS))
+        classes = tuple(f"{k * 45} deg, {v} px/frame" for v in VIDEO_SPEEDS for k in range(VIDEO_DIRECTIONS))
     elif name == "synthetic-events":
         ev, y = make_events(n, split, seed)
         x = mean_event_frame(ev)
@@ -271,7 +274,8 @@ def _register() -> None:
 
     shapes = {"synthetic-seg": ((1, 32, 32), 5, "32x32 canvases of 2 Fashion-MNIST objects, 5-class masks"),
               "synthetic-det": ((1, 48, 48), 4, "48x48 canvases of 1-3 Fashion-MNIST objects, boxes of 4 classes"),
-              "synthetic-video": ((1, 8, 24, 24), 8, "8-frame clips of a moving object; label: its direction"),
+              "synthetic-video": ((1, 8, 24, 24), 16, "8-frame clips of a moving object; label: its direction "
+                                                      "and speed"),
               "synthetic-events": ((2, 24, 24), 10, "simulated DVS events of moving Fashion-MNIST objects, "
                                                     "mean ON/OFF frames")}
     for name, (shape, classes, text) in shapes.items():

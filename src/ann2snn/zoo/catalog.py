@@ -98,13 +98,15 @@ def centernet_det(**kwargs) -> nn.Module:
     return CenterNet(**{"in_channels": 1, "num_classes": 4, "width": 16, **kwargs})
 
 
-@register_model("video3d_motion", dataset="synthetic-video", input_shape=(1, 8, 24, 24), num_classes=8,
-                description="3-D CNN (Conv3d, BN3d, MaxPool3d, AvgPool3d): direction of a moving object, 8 classes")
+@register_model("video3d_motion", dataset="synthetic-video", input_shape=(1, 8, 24, 24), num_classes=16,
+                description="3-D CNN (Conv3d, BN3d, MaxPool3d, AvgPool3d): direction and speed of a moving object, "
+                            "16 classes")
 def video3d_motion(**kwargs) -> nn.Module:
-    return Video3D(**{"in_channels": 1, "num_classes": 8, "width": 8, **kwargs})
+    return Video3D(**{"in_channels": 1, "num_classes": 16, "width": 8, **kwargs})
 
 
 @register_model("eventcnn_events", dataset="synthetic-events", input_shape=(2, 24, 24), num_classes=10,
+                task="events",
                 description="CNN on ON/OFF event frames of moving Fashion-MNIST objects (simulated DVS), 10 classes")
 def eventcnn_events(**kwargs) -> nn.Module:
     return EventCNN(**{"in_channels": 2, "num_classes": 10, "width": 16, **kwargs})

@@ -39,7 +39,8 @@ class ZooEntry:
     was trained on; ``checkpoint`` is a file name in :data:`WEIGHTS_DIR` (``None``: no checkpoint);
     ``train`` holds the :func:`~ann2snn.zoo.training.train_classifier` keyword arguments used to
     produce the checkpoint; ``task`` says what its output is (``classification``, ``segmentation``,
-    ``detection``; see :mod:`ann2snn.tasks`) and so which metric evaluates it.
+    ``detection``, ``events``: a classifier of event frames; see :mod:`ann2snn.tasks`) and so which
+    metric evaluates it.
     """
 
     name: str
