@@ -40,7 +40,7 @@ def adafire(d: dict) -> list[str]:
     out = [prov(d), ""]
     for model, e in d["models"].items():
         cfgs = e["configs"]
-        ts = list(next(iter(cfgs.values())))
+        ts = sorted({t for rows in cfgs.values() for t in rows}, key=int)  # a partial run may lack some T
         out.append(f"**{model}** — ANN {pct(e['ann_accuracy'])} % on the same {e['test_samples']} test images; "
                    "each cell: accuracy / ceiling (%), SOPs per image (millions)")
         out.append("")
@@ -48,12 +48,14 @@ def adafire(d: dict) -> list[str]:
         out.append("|---|" + "---|" * len(ts))
         for c, rows in cfgs.items():
             out.append(f"| {c} | " + " | ".join(
-                f"{pct(rows[t]['accuracy'])} / {pct(rows[t]['ceiling'])}, {rows[t]['sops'] / 1e6:.1f} M" for t in ts) + " |")
-        caps = {c: {t: rows[t].get("caps") for t in ts} for c, rows in cfgs.items() if any(r.get("caps") for r in rows.values())}
+                f"{pct(rows[t]['accuracy'])} / {pct(rows[t]['ceiling'])}, {rows[t]['sops'] / 1e6:.1f} M" if t in rows
+                else "–" for t in ts) + " |")
+        caps = {c: {t: rows[t].get("caps") for t in rows} for c, rows in cfgs.items() if any(r.get("caps") for r in rows.values())}
         if caps:
             out.append("")
             out.append("Burst caps chosen (layer order): " + "; ".join(
-                f"{c} T={t}: {list(v.values())}" for c, per in caps.items() for t, v in per.items() if v))
+                f"{c} T={t}: {list(v.values())}" for c, per in caps.items() for t, v in sorted(per.items(), key=lambda kv: int(kv[0]))
+                if v))
         out.append("")
     return out
 
