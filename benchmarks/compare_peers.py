@@ -438,7 +438,7 @@ def phase_ours(res, args, name, model, xc, xt, yt):
         save_results(res, args.argv)
     mse = ours.setdefault("IF+MSE+light", {"rows": {}, "note": "converted for each T <= 32 (timesteps=T); "
                                            "T = 64 and 128 read from the T = 32 conversion run on"})
-    for t in [t for t in args.ts if t <= 32]:
+    for t in [t for t in args.ts if t <= 32 and (args.mse_ts is None or t in args.mse_ts)]:
         if str(t) in mse["rows"]:
             continue
         run_to = args.tmax if t == 32 else t
@@ -588,11 +588,8 @@ def phase_measures(res, args):
     for name in args.models:
         entry = res["models"].get(name, {})
         modes = [("ann2snn", "IF+LTB")]
-        if have_spikingjelly():
-            modes.append(("spikingjelly", "ltb"))
-            best8 = _best_peer_mode(entry, 8)
-            if best8 and best8 != "ltb":
-                modes.append(("spikingjelly", best8))
+        if have_spikingjelly():  # SpikingJelly's mode that is most accurate at T = 8 on this model
+            modes.append(("spikingjelly", _best_peer_mode(entry, 8) or "ltb"))
         m = meas.setdefault(name, {"batch": args.measure_samples, "T": 32})
         for tool, mode in modes:
             key = f"{tool}:{mode}"
@@ -776,6 +773,7 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=3, help="SpikingJelly modes from the screen run on the full subset")
     p.add_argument("--adafire", action="store_true", help="convert AdaFire+MSE+advanced where no result is reused")
     p.add_argument("--adafire-tmax", type=int, default=16)
+    p.add_argument("--mse-ts", type=int, nargs="+", help="T values converted for IF+MSE+light (default: T <= 32)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="peers", help="results file name in benchmarks/results/ (without .json)")
     p.add_argument("--child", help=argparse.SUPPRESS)
