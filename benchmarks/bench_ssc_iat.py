@@ -14,7 +14,7 @@ import torch
 from common import load_pretrained, provenance, save, tensors
 
 import ann2snn
-from ann2snn.calibration.ssc import apply_scales, choose_scales, ssc_table
+from ann2snn.calibration.ssc import apply_scales, apply_verified, choose_scales, ssc_table
 from ann2snn.energy import SynapticCounter
 from ann2snn.evaluation import evaluate_classifier
 from ann2snn.iat import calibrate_iat, run_iat
@@ -58,11 +58,13 @@ def main(argv=None) -> int:
     p.add_argument("--calib-samples", type=int, default=1024)
     p.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0, 4.0])
     p.add_argument("--ssc-t", type=int, default=16)
-    p.add_argument("--iat-ts", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--iat-ts", type=int, nargs="*", default=[16, 32])
     p.add_argument("--base", default="adafire", choices=["if", "adafire"])
     p.add_argument("--iat-tolerances", type=float, nargs="*", default=[0.0, 0.005],
                    help="also fit the schedule per model to these prediction-change tolerances")
     p.add_argument("--skip-ssc", action="store_true")
+    p.add_argument("--ssc-verify", action="store_true",
+                   help="also run each tau as compress() does: the chosen combination checked and backed off")
     p.add_argument("--out", default="ssc_iat")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
@@ -82,6 +84,9 @@ def main(argv=None) -> int:
             original = {n: (m.threshold.clone(), m.v0_offset.clone()) for n, m in snn.neurons().items()}
             for tau in args.taus:
                 entry["ssc"][tau] = _ssc_row(snn, table, original, tau, xt, yt, args.ssc_t, name)
+                if args.ssc_verify and tau > 0:  # the library's default: the combination checked on calibration data
+                    entry["ssc"][f"{tau} verified"] = _ssc_row(snn, table, original, tau, xt, yt, args.ssc_t, name,
+                                                               verify_on=xc[:128])
         for T in args.iat_ts:
             snn = ann2snn.convert(model, xc.split(128), timesteps=T, **base)
             full = timed_full(snn, xt, yt, T)
@@ -109,12 +114,15 @@ def main(argv=None) -> int:
     return 0
 
 
-def _ssc_row(snn, table, original, tau, xt, yt, T, name):
+def _ssc_row(snn, table, original, tau, xt, yt, T, name, verify_on=None):
     for n, m in snn.neurons().items():
         m.threshold.copy_(original[n][0])
         m.v0_offset.copy_(original[n][1])
-    scales = choose_scales(table, tau)
-    apply_scales(snn, scales)
+    if verify_on is not None:
+        scales, _ = apply_verified(snn, table, tau, verify_on, T)
+    else:
+        scales = choose_scales(table, tau)
+        apply_scales(snn, scales)
     res = evaluate_classifier(snn, (xt, yt), T, ceiling_at=[T], batch_size=250)
     print(f"{name} SSC T={T} tau={tau:<5} acc {res.accuracy * 100:5.1f}  SOPs {res.energy.sops:12,.0f}"
           f"  saving {res.energy.saving * 100:5.1f} %  scales {scales}", flush=True)

@@ -58,6 +58,27 @@ def test_ssc_cuts_spikes_within_the_allowance(digits):
     assert acc_b >= acc_a - 0.05
 
 
+@pytest.mark.parametrize("tau", [1.0, 8.0])
+def test_ssc_combination_is_verified_against_the_allowance(digits, tau):
+    from ann2snn.calibration.burst import _first_tensor, divergence_sum
+    from ann2snn.calibration.ssc import compress
+
+    model, xtr, _, _, _ = digits
+    snn = ann2snn.convert(model, xtr[:256], threshold="mse", timesteps=8)
+    x = xtr[:128]
+    ann = _first_tensor(snn.analog(x, "relu"))
+    scales = compress(snn, x, tau, 8)
+    info = snn.info["ssc"]
+    total, count = divergence_sum(_first_tensor(snn.run(x, 8)), ann, info["table"]["metric"])
+    base = info["table"]["baseline_divergence"]
+    # whatever the DP chose from one-layer measurements, the combination kept respects the allowance
+    # on the calibration data (or nothing is scaled)
+    assert total / count <= (1 + tau) * base + 1e-9 or all(r == 1.0 for r in scales.values())
+    if info["verified"]:
+        assert info["verified"][0]["tau"] == tau
+        assert all(b["tau"] < a["tau"] for a, b in zip(info["verified"], info["verified"][1:], strict=False))
+
+
 def test_iat_impossible_threshold_equals_plain_run(digits):
     model, xtr, _, xte, _ = digits
     snn = ann2snn.convert(model, xtr[:256], threshold="mse", timesteps=16)
@@ -133,3 +154,27 @@ def test_iat_tolerance_fits_the_schedule_within_the_allowance(digits):
     assert res.mean_steps < 16  # with 2 % allowance some samples do exit early
     with pytest.raises(ann2snn.ConfigError):
         calibrate_iat(snn, calib, 16, tolerance=1.5)
+
+
+def test_ssc_backs_off_when_one_layer_measurements_understate_the_combination(digits, monkeypatch):
+    import ann2snn.calibration.ssc as ssc
+
+    real = ssc.ssc_table
+
+    def understated(*args, **kwargs):  # every scale looks free: the DP scales every layer to the maximum
+        table = real(*args, **kwargs)
+        table.divergence = [[table.baseline_divergence] * len(row) for row in table.divergence]
+        return table
+
+    monkeypatch.setattr(ssc, "ssc_table", understated)
+    model, xtr, _, _, _ = digits
+    snn = ann2snn.convert(model, xtr[:256], threshold="mse", timesteps=8)
+    before = {n: m.threshold.clone() for n, m in snn.neurons().items()}
+    unverified = ssc.choose_scales(understated(snn, xtr[:128], 8), 0.5)
+    assert all(r == max(ssc.DEFAULT_SCALES) for r in unverified.values())
+    chosen = ssc.compress(snn, xtr[:128], 0.5, 8)
+    checks = snn.info["ssc"]["verified"]
+    assert len(checks) >= 2 and checks[0]["divergence"] > 1.5 * snn.info["ssc"]["table"]["baseline_divergence"]
+    # nothing respects the allowance when every layer is at its largest scale: back to the plain thresholds
+    assert all(r == 1.0 for r in chosen.values())
+    assert all(torch.equal(m.threshold, before[n]) for n, m in snn.neurons().items())

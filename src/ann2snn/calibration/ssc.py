@@ -106,11 +106,58 @@ def apply_scales(snn: SpikingModel, scales: dict[str, float]) -> None:
 
 def compress(snn: SpikingModel, x: Tensor, tau: float, timesteps: int | None = None,
              scales: Sequence[float] = DEFAULT_SCALES, metric: str = "auto",
-             progress: bool | None = None) -> dict[str, float]:
-    """Run SSC on ``snn`` in place with calibration inputs ``x``; returns the chosen scales."""
+             progress: bool | None = None, verify: bool = True) -> dict[str, float]:
+    """Run SSC on ``snn`` in place with calibration inputs ``x``; returns the chosen scales.
+
+    The table measures each layer's scale with the other layers unscaled, so the increases of the
+    chosen combination need not add up as the DP assumes. With ``verify`` (the default) the combination
+    is run on ``x``; while its divergence exceeds ``(1 + tau) * S_base`` the DP is re-solved with half
+    the allowance (down to no scaling), so the allowance holds on the calibration data as a whole.
+    """
     timesteps = timesteps or snn.config.timesteps
-    table = ssc_table(snn, x.to(snn.device), timesteps, scales, metric, progress)
+    x = x.to(snn.device)
+    table = ssc_table(snn, x, timesteps, scales, metric, progress)
+    if verify:
+        chosen, checks = apply_verified(snn, table, tau, x, timesteps)
+    else:
+        chosen, checks = choose_scales(table, tau), []
+        apply_scales(snn, chosen)
+    snn.info["ssc"] = {"tau": tau, "scales": chosen, "table": table.to_dict(), "verified": checks}
+    return chosen
+
+
+@torch.no_grad()
+def apply_verified(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor,
+                   timesteps: int) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Apply :func:`choose_scales` for ``tau``; while the combination's divergence on ``x`` exceeds
+    ``(1 + tau) * S_base``, undo it and re-solve with half the allowance (at last: no scaling).
+    Returns the scales kept and the checks made (allowance tried, divergence measured)."""
+    original = {n: (m.threshold.clone(), m.v0_offset.clone()) for n, m in snn.neurons().items()}
     chosen = choose_scales(table, tau)
     apply_scales(snn, chosen)
-    snn.info["ssc"] = {"tau": tau, "scales": chosen, "table": table.to_dict()}
-    return chosen
+    checks: list[dict[str, float]] = []
+    if tau <= 0 or all(r == 1.0 for r in chosen.values()):
+        return chosen, checks
+    ann = _first_tensor(snn.analog(x, "relu"))
+    limit = (1.0 + tau) * table.baseline_divergence
+    budget = tau
+    while True:
+        out, _ = simulate_with_tally(snn, x, timesteps)
+        total, count = divergence_sum(_first_tensor(out), ann, table.metric)
+        (div,) = reduce_means([total], [count])
+        checks.append({"tau": budget, "divergence": div})
+        if div <= limit:
+            return chosen, checks
+        budget /= 2
+        _restore(snn, original)
+        chosen = choose_scales(table, budget) if budget > tau / 64 else {n: 1.0 for n in table.layers}
+        apply_scales(snn, chosen)
+        if all(r == 1.0 for r in chosen.values()):
+            return chosen, checks
+
+
+@torch.no_grad()
+def _restore(snn: SpikingModel, original: dict[str, tuple[Tensor, Tensor]]) -> None:
+    for name, m in snn.neurons().items():
+        m.threshold.copy_(original[name][0])
+        m.v0_offset.copy_(original[name][1])
