@@ -14,7 +14,14 @@ import torch
 from common import load_pretrained, provenance, save, tensors
 
 import ann2snn
-from ann2snn.calibration.ssc import apply_scales, apply_verified, choose_scales, ssc_table
+from ann2snn.calibration.ssc import (
+    apply_scales,
+    apply_verified,
+    choose_scales,
+    restore_thresholds,
+    ssc_table,
+    threshold_state,
+)
 from ann2snn.energy import SynapticCounter
 from ann2snn.evaluation import evaluate_classifier
 from ann2snn.iat import calibrate_iat, run_iat
@@ -81,7 +88,7 @@ def main(argv=None) -> int:
         if not args.skip_ssc:  # one conversion; the sensitivity table is reused for every tau
             snn = ann2snn.convert(model, xc.split(128), timesteps=args.ssc_t, **base)
             table = ssc_table(snn, xc[:128], args.ssc_t)
-            original = {n: (m.threshold.clone(), m.v0_offset.clone()) for n, m in snn.neurons().items()}
+            original = threshold_state(snn)
             for tau in args.taus:
                 entry["ssc"][tau] = _ssc_row(snn, table, original, tau, xt, yt, args.ssc_t, name)
                 if args.ssc_verify and tau > 0:  # the library's default: the combination checked on calibration data
@@ -115,9 +122,7 @@ def main(argv=None) -> int:
 
 
 def _ssc_row(snn, table, original, tau, xt, yt, T, name, verify_on=None):
-    for n, m in snn.neurons().items():
-        m.threshold.copy_(original[n][0])
-        m.v0_offset.copy_(original[n][1])
+    restore_thresholds(snn, original)
     if verify_on is not None:
         scales, _ = apply_verified(snn, table, tau, verify_on, T)
     else:

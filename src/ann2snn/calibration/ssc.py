@@ -132,7 +132,7 @@ def apply_verified(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor,
     """Apply :func:`choose_scales` for ``tau``; while the combination's divergence on ``x`` exceeds
     ``(1 + tau) * S_base``, undo it and re-solve with half the allowance (at last: no scaling).
     Returns the scales kept and the checks made (allowance tried, divergence measured)."""
-    original = {n: (m.threshold.clone(), m.v0_offset.clone()) for n, m in snn.neurons().items()}
+    original = threshold_state(snn)
     chosen = choose_scales(table, tau)
     apply_scales(snn, chosen)
     checks: list[dict[str, float]] = []
@@ -149,15 +149,21 @@ def apply_verified(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor,
         if div <= limit:
             return chosen, checks
         budget /= 2
-        _restore(snn, original)
+        restore_thresholds(snn, original)
         chosen = choose_scales(table, budget) if budget > tau / 64 else {n: 1.0 for n in table.layers}
         apply_scales(snn, chosen)
         if all(r == 1.0 for r in chosen.values()):
             return chosen, checks
 
 
+def threshold_state(snn: SpikingModel) -> dict[str, tuple[Tensor, Tensor]]:
+    """A copy of what SSC scales (each layer's threshold and initial-potential offset)."""
+    return {n: (m.threshold.clone(), m.v0_offset.clone()) for n, m in snn.neurons().items()}
+
+
 @torch.no_grad()
-def _restore(snn: SpikingModel, original: dict[str, tuple[Tensor, Tensor]]) -> None:
+def restore_thresholds(snn: SpikingModel, original: dict[str, tuple[Tensor, Tensor]]) -> None:
+    """Undo scaling: put back a :func:`threshold_state` copy."""
     for name, m in snn.neurons().items():
         m.threshold.copy_(original[name][0])
         m.v0_offset.copy_(original[name][1])
