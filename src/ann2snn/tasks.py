@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ConfigError
+from .evaluation import _batches as _eval_batches
 from .evaluation import default_timesteps
 from .model import SpikingModel
 
@@ -211,16 +212,8 @@ class TaskResult:
 
 
 def _batches(data: Any, batch_size: int):
-    if isinstance(data, tuple) and len(data) == 2:
-        x, y = data
-    else:
-        x, y = data.tensors[0], data.tensors[1]
-    for i in range(0, x.shape[0], batch_size):
-        yield x[i:i + batch_size], y[i:i + batch_size]
-
-
-def _num_samples(data: Any) -> int:
-    return int(data[0].shape[0]) if isinstance(data, tuple) else len(data)
+    """``(x, y)`` batches of a tensor pair or any Dataset, in order (evaluation's streaming batcher)."""
+    return _eval_batches(data, batch_size, None, shard=False)[0]
 
 
 @torch.no_grad()
