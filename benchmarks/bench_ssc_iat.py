@@ -15,7 +15,7 @@ from common import load_pretrained, provenance, save, tensors
 
 import ann2snn
 from ann2snn.calibration.ssc import (
-    apply_scales,
+    apply_corrected,
     apply_verified,
     choose_scales,
     restore_thresholds,
@@ -71,7 +71,13 @@ def main(argv=None) -> int:
                    help="also fit the schedule per model to these prediction-change tolerances")
     p.add_argument("--skip-ssc", action="store_true")
     p.add_argument("--ssc-verify", action="store_true",
-                   help="also run each tau as compress() does: the chosen combination checked and backed off")
+                   help="also run each tau with the chosen combination checked and backed off (--ssc-variants verified)")
+    p.add_argument("--ssc-variants", nargs="+", default=["plain"],
+                   choices=["plain", "verified", "recorrected", "verified-recorrected"],
+                   help="plain: the DP's choice (the paper); verified: checked on calibration data and backed off; "
+                        "recorrected: the base's correction measured again after scaling (compress() does both)")
+    p.add_argument("--ssc-costs", nargs="+", default=["spikes"], choices=["spikes", "sops"],
+                   help="what the DP minimises: each layer's spikes (the paper) or the SOPs they cause")
     p.add_argument("--out", default="ssc_iat")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
@@ -89,11 +95,16 @@ def main(argv=None) -> int:
             snn = ann2snn.convert(model, xc.split(128), timesteps=args.ssc_t, **base)
             table = ssc_table(snn, xc[:128], args.ssc_t)
             original = threshold_state(snn)
+            variants = args.ssc_variants + (["verified"] if args.ssc_verify else [])
             for tau in args.taus:
-                entry["ssc"][tau] = _ssc_row(snn, table, original, tau, xt, yt, args.ssc_t, name)
-                if args.ssc_verify and tau > 0:  # the library's default: the combination checked on calibration data
-                    entry["ssc"][f"{tau} verified"] = _ssc_row(snn, table, original, tau, xt, yt, args.ssc_t, name,
-                                                               verify_on=xc[:128])
+                for cost in args.ssc_costs:
+                    for variant in dict.fromkeys(variants):
+                        if tau == 0 and (variant != "plain" or cost != "spikes"):
+                            continue  # tau = 0 is the unscaled model whatever the variant
+                        key = str(tau) if (variant, cost) == ("plain", "spikes") else f"{tau} {cost} {variant}"
+                        entry["ssc"][key] = _ssc_row(snn, table, original, tau, xt, yt, args.ssc_t, name, xc[:128],
+                                                     cost, variant, base.get("correction"))
+                        save(args.out, {**results, "models": {**results["models"], name: entry}})
         for T in args.iat_ts:
             snn = ann2snn.convert(model, xc.split(128), timesteps=T, **base)
             full = timed_full(snn, xt, yt, T)
@@ -121,18 +132,19 @@ def main(argv=None) -> int:
     return 0
 
 
-def _ssc_row(snn, table, original, tau, xt, yt, T, name, verify_on=None):
+def _ssc_row(snn, table, original, tau, xt, yt, T, name, xc, cost, variant, correction):
     restore_thresholds(snn, original)
-    if verify_on is not None:
-        scales, _ = apply_verified(snn, table, tau, verify_on, T)
+    correction = correction if "recorrected" in variant else None
+    if variant.startswith("verified"):
+        scales, _ = apply_verified(snn, table, tau, xc, T, cost=cost, correction=correction)
     else:
-        scales = choose_scales(table, tau)
-        apply_scales(snn, scales)
+        scales = choose_scales(table, tau, cost=cost)
+        apply_corrected(snn, scales, xc, T, correction)
     res = evaluate_classifier(snn, (xt, yt), T, ceiling_at=[T], batch_size=250)
-    print(f"{name} SSC T={T} tau={tau:<5} acc {res.accuracy * 100:5.1f}  SOPs {res.energy.sops:12,.0f}"
-          f"  saving {res.energy.saving * 100:5.1f} %  scales {scales}", flush=True)
+    print(f"{name} SSC T={T} tau={tau:<5} {cost:6s} {variant:21s} acc {res.accuracy * 100:5.1f}  SOPs "
+          f"{res.energy.sops:12,.0f}  saving {res.energy.saving * 100:5.1f} %  scales {scales}", flush=True)
     return {"accuracy": res.accuracy, "sops": res.energy.sops, "spikes": res.energy.spikes,
-            "saving": res.energy.saving, "scales": scales}
+            "saving": res.energy.saving, "scales": scales, "cost": cost, "variant": variant}
 
 
 if __name__ == "__main__":

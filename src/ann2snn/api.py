@@ -307,7 +307,8 @@ def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> 
     if cfg.ssc_tau > 0:
         from .calibration.ssc import compress
 
-        compress(snn, x, cfg.ssc_tau, cfg.timesteps, metric=cfg.sensitivity_metric, progress=progress_bar)
+        compress(snn, x, cfg.ssc_tau, cfg.timesteps, metric=cfg.sensitivity_metric, progress=progress_bar,
+                 cost=cfg.ssc_cost)
     if cfg.iat:
         from .iat import calibrate_iat
 

@@ -56,6 +56,9 @@ class ConversionConfig:
         correction_target: corrections aim at the ``clip``-ped ANN activations or the plain ``relu`` ones.
         ssc_tau: Sensitivity Spike Compression allowance tau (0: off): thresholds are scaled layer by
             layer to cut spikes while the output divergence grows by at most tau * its baseline.
+            A configured correction is measured again after the scaling.
+        ssc_cost: what SSC minimises: ``spikes`` (the paper) or ``sops`` (each layer's spikes priced
+            by the synaptic operations they cause, so large fan-outs are compressed first).
         iat: calibrate an Input-aware Adaptive Timesteps schedule (stored with the model).
         iat_a, iat_b: the schedule's constants in theta_t = a + b * exp(min e - e_t).
         iat_confidence: ``entropy`` (1 - H / log C) or ``prob`` (max probability).
@@ -101,6 +104,7 @@ class ConversionConfig:
     adapt_samples: int = 256
     correction_target: str = "clip"
     ssc_tau: float = 0.0
+    ssc_cost: str = "spikes"
     iat: bool = False
     iat_a: float = 0.6
     iat_b: float = 0.4
@@ -129,6 +133,7 @@ class ConversionConfig:
         _choice("correction", self.correction, CORRECTIONS)
         _choice("burst_alloc", self.burst_alloc, BURST_ALLOCS)
         _choice("burst_cost", self.burst_cost, ("spikes", "sops"))
+        _choice("ssc_cost", self.ssc_cost, ("spikes", "sops"))
         _choice("sensitivity_metric", self.sensitivity_metric, SENSITIVITY_METRICS)
         _choice("mse_levels", self.mse_levels, MSE_LEVELS)
         _choice("correction_target", self.correction_target, CORRECTION_TARGETS)

@@ -4,6 +4,11 @@ For each neuron layer l and scale r in the candidate grid, theta_l <- r * theta_
 unscaled): measure the increase of the output divergence from the ANN, dS_l(r) = S_l(r) - S_base,
 and the layer's spikes N_l(r). Choose one r per layer minimising sum N_l(r_l) subject to
 sum max(dS_l(r_l), 0) <= tau * S_base, exactly, by dynamic programming. tau = 0 changes nothing.
+
+Two choices beyond the paper, both measured in docs/benchmarks.md: the objective may price each layer's
+spikes by the synaptic operations one of them causes (``cost="sops"``: what energy counts, so layers
+with a large fan-out are compressed first), and a model with bias / potential correction is corrected
+again after its thresholds are scaled (the corrections cancel the mean error of the thresholds in use).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class SSCTable:
     baseline_spikes: float
     metric: str
     timesteps: int
+    sops_per_spike: list[float] | None = None  # per layer: synaptic operations one of its spikes causes
+    baseline_sops: float | None = None  # per sample, the whole network unscaled
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,7 +63,12 @@ def ssc_table(snn: SpikingModel, x: Tensor, timesteps: int, scales: Sequence[flo
     neurons = snn.neurons()
     ann = _first_tensor(snn.analog(x, "relu"))
     metric = resolve_metric(metric, ann)
-    out, base = simulate_with_tally(snn, x, timesteps)
+    from ..energy import SynapticCounter
+
+    with SynapticCounter(snn) as counter:  # the baseline run also prices each layer's spikes
+        out, base = simulate_with_tally(snn, x, timesteps)
+        caused = counter.attribute()
+        base_sops = counter.report().sops * x.shape[0]
     base_sum, base_count = divergence_sum(_first_tensor(out), ann, metric)
     div_sums, div_counts, job_spikes = [], [], []
     jobs = [(name, r) for name in neurons for r in scales]
@@ -74,21 +86,40 @@ def ssc_table(snn: SpikingModel, x: Tensor, timesteps: int, scales: Sequence[flo
         job_spikes.append(tally[name])
     # sums over samples, reduced over the ranks' shares of the data (no-op in one process)
     base_div, *divs = reduce_means([base_sum, *div_sums], [base_count, *div_counts])
-    base_spikes, *job_spikes = D.sum_floats([sum(base.values()), *job_spikes])
+    names = list(neurons)
+    L = len(names)
+    totals = D.sum_floats([*job_spikes, *(base[n] for n in names), *(caused[n] for n in names), base_sops,
+                           x.shape[0]])
+    *totals, base_sops, samples = totals
+    job_spikes, layer_spikes, layer_sops = totals[:-2 * L], totals[-2 * L:-L], totals[-L:]
+    per_spike = [c / b if b > 0 else 0.0 for c, b in zip(layer_sops, layer_spikes, strict=True)]
     k = len(scales)
-    rows = range(len(neurons))
-    return SSCTable(list(neurons), [float(r) for r in scales], [divs[i * k:(i + 1) * k] for i in rows],
-                    [job_spikes[i * k:(i + 1) * k] for i in rows], base_div, base_spikes, metric, timesteps)
+    rows = range(L)
+    return SSCTable(names, [float(r) for r in scales], [divs[i * k:(i + 1) * k] for i in rows],
+                    [job_spikes[i * k:(i + 1) * k] for i in rows], base_div, sum(layer_spikes), metric, timesteps,
+                    per_spike, base_sops / max(samples, 1.0))
 
 
-def choose_scales(table: SSCTable, tau: float, resolution: int = 2000) -> dict[str, float]:
-    """Scales minimising total spikes with total divergence increase <= tau * S_base."""
+COSTS = ("spikes", "sops")
+
+
+def choose_scales(table: SSCTable, tau: float, resolution: int = 2000, cost: str = "spikes") -> dict[str, float]:
+    """Scales minimising total spikes (``cost="spikes"``, the paper) or the synaptic operations they
+    cause (``"sops"``) with total divergence increase <= tau * S_base."""
     if tau < 0:
         raise ValueError(f"tau must be >= 0, got {tau}")
+    if cost not in COSTS:
+        raise ValueError(f"unknown SSC cost {cost!r}; choose spikes or sops")
     if tau == 0 or table.baseline_divergence <= 0:
         return {name: 1.0 for name in table.layers}
+    if cost == "sops":
+        if table.sops_per_spike is None:
+            raise ValueError("this SSC table has no per-layer prices; measure it again")
+        values = [[n * p for n in row] for row, p in zip(table.spikes, table.sops_per_spike, strict=True)]
+    else:
+        values = table.spikes
     costs = [[max(s - table.baseline_divergence, 0.0) for s in row] for row in table.divergence]
-    picked = solve_budgeted(costs, table.spikes, tau * table.baseline_divergence, resolution)
+    picked = solve_budgeted(costs, values, tau * table.baseline_divergence, resolution)
     if picked is None:
         return {name: 1.0 for name in table.layers}
     return {name: table.scales[i] for name, i in zip(table.layers, picked, strict=True)}
@@ -106,35 +137,77 @@ def apply_scales(snn: SpikingModel, scales: dict[str, float]) -> None:
 
 def compress(snn: SpikingModel, x: Tensor, tau: float, timesteps: int | None = None,
              scales: Sequence[float] = DEFAULT_SCALES, metric: str = "auto",
-             progress: bool | None = None, verify: bool = True) -> dict[str, float]:
+             progress: bool | None = None, verify: bool = True, cost: str = "spikes",
+             correction: str | None = "auto") -> dict[str, float]:
     """Run SSC on ``snn`` in place with calibration inputs ``x``; returns the chosen scales.
+
+    ``correction``: after scaling, run bias / potential correction again (``"light"``, ``"advanced"``,
+    ``"both"``; ``"auto"``: the model's configured correction; ``None`` / ``"none"``: keep the
+    corrections measured for the unscaled thresholds).
 
     The table measures each layer's scale with the other layers unscaled, so the increases of the
     chosen combination need not add up as the DP assumes. With ``verify`` (the default) the combination
-    is run on ``x``; while its divergence exceeds ``(1 + tau) * S_base`` the DP is re-solved with half
-    the allowance (down to no scaling), so the allowance holds on the calibration data as a whole.
+    (corrected again) is run on ``x``; while its divergence exceeds ``(1 + tau) * S_base`` the DP is
+    re-solved with half the allowance (down to no scaling), so the allowance holds on the calibration
+    data as a whole.
     """
     timesteps = timesteps or snn.config.timesteps
+    if correction == "auto":
+        correction = snn.config.correction
+    correction = None if correction in (None, "none") else correction
     x = x.to(snn.device)
     table = ssc_table(snn, x, timesteps, scales, metric, progress)
     if verify:
-        chosen, checks = apply_verified(snn, table, tau, x, timesteps)
+        chosen, checks = apply_verified(snn, table, tau, x, timesteps, cost=cost, correction=correction)
     else:
-        chosen, checks = choose_scales(table, tau), []
-        apply_scales(snn, chosen)
-    snn.info["ssc"] = {"tau": tau, "scales": chosen, "table": table.to_dict(), "verified": checks}
+        chosen = choose_scales(table, tau, cost=cost)
+        apply_corrected(snn, chosen, x, timesteps, correction)
+        checks = [measure(snn, x, timesteps, table.metric)] if any(r != 1.0 for r in chosen.values()) else []
+    after = checks[-1] if checks else {"divergence": table.baseline_divergence, "sops": table.baseline_sops}
+    snn.info["ssc"] = {"tau": tau, "cost": cost, "recorrected": correction if checks else None, "scales": chosen,
+                       "calibration": {"divergence_before": table.baseline_divergence,
+                                       "divergence_after": after["divergence"],
+                                       "sops_before": table.baseline_sops, "sops_after": after["sops"]},
+                       "table": table.to_dict(), "checks": checks}
     return chosen
 
 
 @torch.no_grad()
-def apply_verified(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor,
-                   timesteps: int) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Apply :func:`choose_scales` for ``tau``; while the combination's divergence on ``x`` exceeds
-    ``(1 + tau) * S_base``, undo it and re-solve with half the allowance (at last: no scaling).
-    Returns the scales kept and the checks made (allowance tried, divergence measured)."""
-    original = threshold_state(snn)
-    chosen = choose_scales(table, tau)
+def measure(snn: SpikingModel, x: Tensor, timesteps: int, metric: str, ann: Tensor | None = None) -> dict[str, float]:
+    """The output divergence from the ANN and the SOPs per sample of ``snn`` as it is, on ``x``."""
+    from ..energy import SynapticCounter
+
+    if ann is None:
+        ann = _first_tensor(snn.analog(x, "relu"))
+    with SynapticCounter(snn) as counter:
+        out = snn.run(x, timesteps)
+        sops = counter.report().sops * x.shape[0]
+    total, count = divergence_sum(_first_tensor(out), ann, metric)
+    div, sops = reduce_means([total, sops], [count, x.shape[0]])
+    return {"divergence": div, "sops": sops}
+
+
+def apply_corrected(snn: SpikingModel, chosen: dict[str, float], x: Tensor, timesteps: int,
+                    correction: str | None) -> None:
+    """:func:`apply_scales`, then (when anything was scaled) ``correction`` measured again on ``x``."""
     apply_scales(snn, chosen)
+    if correction and any(r != 1.0 for r in chosen.values()):
+        from .correction import correct
+
+        correct(snn, x, timesteps, correction, snn.config.correction_target)
+
+
+@torch.no_grad()
+def apply_verified(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor, timesteps: int,
+                   cost: str = "spikes", correction: str | None = None
+                   ) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Apply :func:`choose_scales` for ``tau`` (and ``correction`` again, if given); while the
+    combination's divergence on ``x`` exceeds ``(1 + tau) * S_base``, undo it and re-solve with half the
+    allowance (at last: no scaling). Returns the scales kept and the checks made (allowance tried,
+    divergence measured)."""
+    original = threshold_state(snn)
+    chosen = choose_scales(table, tau, cost=cost)
+    apply_corrected(snn, chosen, x, timesteps, correction)
     checks: list[dict[str, float]] = []
     if tau <= 0 or all(r == 1.0 for r in chosen.values()):
         return chosen, checks
@@ -142,28 +215,26 @@ def apply_verified(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor,
     limit = (1.0 + tau) * table.baseline_divergence
     budget = tau
     while True:
-        out, _ = simulate_with_tally(snn, x, timesteps)
-        total, count = divergence_sum(_first_tensor(out), ann, table.metric)
-        (div,) = reduce_means([total], [count])
-        checks.append({"tau": budget, "divergence": div})
-        if div <= limit:
+        check = {"tau": budget, **measure(snn, x, timesteps, table.metric, ann)}
+        checks.append(check)
+        if check["divergence"] <= limit:
             return chosen, checks
         budget /= 2
         restore_thresholds(snn, original)
-        chosen = choose_scales(table, budget) if budget > tau / 64 else {n: 1.0 for n in table.layers}
-        apply_scales(snn, chosen)
+        chosen = choose_scales(table, budget, cost=cost) if budget > tau / 64 else {n: 1.0 for n in table.layers}
+        apply_corrected(snn, chosen, x, timesteps, correction)
         if all(r == 1.0 for r in chosen.values()):
             return chosen, checks
 
 
-def threshold_state(snn: SpikingModel) -> dict[str, tuple[Tensor, Tensor]]:
-    """A copy of what SSC scales (each layer's threshold and initial-potential offset)."""
-    return {n: (m.threshold.clone(), m.v0_offset.clone()) for n, m in snn.neurons().items()}
+def threshold_state(snn: SpikingModel) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+    """A copy of what SSC changes: each layer's threshold, initial-potential offset and bias shift."""
+    return {n: (m.threshold.clone(), m.v0_offset.clone(), m.bias_shift.clone()) for n, m in snn.neurons().items()}
 
 
 @torch.no_grad()
-def restore_thresholds(snn: SpikingModel, original: dict[str, tuple[Tensor, Tensor]]) -> None:
-    """Undo scaling: put back a :func:`threshold_state` copy."""
+def restore_thresholds(snn: SpikingModel, original: dict[str, tuple[Tensor, ...]]) -> None:
+    """Undo scaling (and correction after it): put back a :func:`threshold_state` copy."""
     for name, m in snn.neurons().items():
-        m.threshold.copy_(original[name][0])
-        m.v0_offset.copy_(original[name][1])
+        for tensor, saved in zip((m.threshold, m.v0_offset, m.bias_shift), original[name], strict=False):
+            tensor.copy_(saved)
