@@ -117,6 +117,25 @@ def test_report_writes_valid_pngs_and_page(capsys, snn_file, tmp_path):
     assert json.loads((out_dir / "results.json").read_text())["samples"] == 60
 
 
+def test_report_shows_spike_compression(capsys, weights, tmp_path):
+    out = tmp_path / "ssc.pt"
+    code, _, err = run(capsys, "convert", *weights, "--data", "digits", "--out", str(out), *FAST,
+                       "--threshold", "mse", "--ssc-tau", "2", "--ssc-cost", "sops")
+    assert code == 0, err
+    ssc = ann2snn.load(out).info["ssc"]
+    assert ssc["cost"] == "sops" and any(r > 1 for r in ssc["scales"].values())
+    assert ssc["calibration"]["sops_after"] < ssc["calibration"]["sops_before"]
+    code, _, err = run(capsys, "report", str(out), "--data", "digits", "--out", str(tmp_path / "r"),
+                       "--max-samples", "40", "-q")
+    assert code == 0, err
+    page = (tmp_path / "r" / "report.md").read_text()
+    assert "## Spike compression (SSC)" in page and "| SSC scale |" in page
+    change = f"{(ssc['calibration']['sops_after'] / ssc['calibration']['sops_before'] - 1) * 100:+.1f} %"
+    assert change in page
+    for name, r in ssc["scales"].items():  # each layer's row carries its scale
+        assert any(line.startswith(f"| {name} |") and f"| {r:g} |" in line for line in page.splitlines()), name
+
+
 def test_evaluate_report_option(capsys, snn_file, tmp_path):
     code, _, err = run(capsys, "evaluate", str(snn_file), "--max-samples", "40", "--report", str(tmp_path / "r"),
                        "--timesteps", "4", "-q")

@@ -187,12 +187,22 @@ def _sections(result: EvalResult, snn: SpikingModel) -> list[tuple[str, Any]]:
                       for r in e.layers]
         out.append(("table", (["layer", "kind", "neurons", "firing rate", "SOPs", "MACs"], layer_rows)))
         out.append(("img", ("energy.png", "firing rates and synaptic operations per layer")))
+    ssc = snn.info.get("ssc")
+    if ssc:
+        out.extend(_ssc_section(ssc))
     out.append(("h2", "Thresholds"))
     layers = snn.info.get("layers", [])
     if layers:
-        out.append(("table", (["layer", "channels", "burst cap", "mean clip value", "max clip value", "source"],
-                              [[d.get("name"), d.get("channels"), d.get("cap"), f"{d.get('clip_value_mean', 0):.4g}",
-                                f"{d.get('clip_value_max', 0):.4g}", d.get("source") or ""] for d in layers])))
+        header = ["layer", "channels", "burst cap", "mean clip value", "max clip value", "source"]
+        rows = [[d.get("name"), d.get("channels"), d.get("cap"), f"{d.get('clip_value_mean', 0):.4g}",
+                 f"{d.get('clip_value_max', 0):.4g}", d.get("source") or ""] for d in layers]
+        if ssc:
+            header.insert(3, "SSC scale")
+            for row, d in zip(rows, layers, strict=True):
+                row.insert(3, f"{ssc['scales'].get(d.get('name'), 1.0):g}")
+        out.append(("table", (header, rows)))
+        if ssc:
+            out.append(("p", "Clip values as calibrated; spike compression multiplies them by the SSC scale."))
     out.append(("img", ("thresholds.png", "thresholds per layer")))
     out.append(("h2", "Conversion config"))
     out.append(("code", json.dumps(snn.config.to_dict(), indent=2, default=str)))
@@ -200,6 +210,24 @@ def _sections(result: EvalResult, snn: SpikingModel) -> list[tuple[str, Any]]:
     info = {k: v for k, v in snn.info.items() if k != "layers"}
     out.append(("code", json.dumps(info, indent=2, default=str)))
     return out
+
+
+def _ssc_section(ssc: dict[str, Any]) -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = [("h2", "Spike compression (SSC)")]
+    scaled = sum(r != 1.0 for r in ssc["scales"].values())
+    text = (f"Allowance tau = {ssc['tau']:g}, minimising {ssc.get('cost', 'spikes')}; {scaled} of "
+            f"{len(ssc['scales'])} layers scaled")
+    if ssc.get("recorrected"):
+        text += f", {ssc['recorrected']} correction measured again after scaling"
+    items.append(("p", text + "."))
+    cal = ssc.get("calibration")
+    if cal and cal.get("sops_before"):
+        change = cal["sops_after"] / cal["sops_before"] - 1
+        items.append(("table", (["on the calibration samples", "without SSC", "with SSC", "change"], [
+            ["SOPs / sample", f"{cal['sops_before']:,.0f}", f"{cal['sops_after']:,.0f}", f"{change * 100:+.1f} %"],
+            ["divergence from the ANN", f"{cal['divergence_before']:.4g}", f"{cal['divergence_after']:.4g}",
+             f"{(cal['divergence_after'] / max(cal['divergence_before'], 1e-12) - 1) * 100:+.1f} %"]])))
+    return items
 
 
 def _render_md(title: str, items: list[tuple[str, Any]]) -> str:
