@@ -7,6 +7,7 @@ Input-aware Adaptive Timesteps (accuracy, mean steps, wall time against the full
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 
@@ -15,6 +16,7 @@ from common import load_pretrained, provenance, save, tensors
 
 import ann2snn
 from ann2snn.calibration.ssc import (
+    GRIDS,
     apply_corrected,
     apply_verified,
     choose_scales,
@@ -76,11 +78,14 @@ def main(argv=None) -> int:
                    choices=["plain", "verified", "recorrected", "verified-recorrected"],
                    help="plain: the DP's choice (the paper); verified: checked on calibration data and backed off; "
                         "recorrected: the base's correction measured again after scaling (compress() does both)")
+    p.add_argument("--ssc-grids", nargs="+", default=["paper"], choices=["fine", "paper"],
+                   help="candidate scales: the paper's 0.5 steps or the library's default (0.25 steps up to 2)")
     p.add_argument("--ssc-costs", nargs="+", default=["spikes"], choices=["spikes", "sops"],
                    help="what the DP minimises: each layer's spikes (the paper) or the SOPs they cause")
     p.add_argument("--out", default="ssc_iat")
+    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     results = {"provenance": provenance("python benchmarks/bench_ssc_iat.py " + " ".join(argv or sys.argv[1:])),
                "models": {}}
     base = dict(threshold="mse", adapt_samples=128)
@@ -93,18 +98,19 @@ def main(argv=None) -> int:
         entry = {"base": base, "ssc": {}, "iat": {}}
         if not args.skip_ssc:  # one conversion; the sensitivity table is reused for every tau
             snn = ann2snn.convert(model, xc.split(128), timesteps=args.ssc_t, **base)
-            table = ssc_table(snn, xc[:128], args.ssc_t)
             original = threshold_state(snn)
             variants = args.ssc_variants + (["verified"] if args.ssc_verify else [])
-            for tau in args.taus:
-                for cost in args.ssc_costs:
-                    for variant in dict.fromkeys(variants):
-                        if tau == 0 and (variant != "plain" or cost != "spikes"):
-                            continue  # tau = 0 is the unscaled model whatever the variant
-                        key = str(tau) if (variant, cost) == ("plain", "spikes") else f"{tau} {cost} {variant}"
-                        entry["ssc"][key] = _ssc_row(snn, table, original, tau, xt, yt, args.ssc_t, name, xc[:128],
-                                                     cost, variant, base.get("correction"))
-                        save(args.out, {**results, "models": {**results["models"], name: entry}})
+            for grid in args.ssc_grids:
+                table = ssc_table(snn, xc[:128], args.ssc_t, GRIDS[grid])
+                for tau, cost, variant in itertools.product(args.taus, args.ssc_costs, dict.fromkeys(variants)):
+                    if tau == 0 and (variant != "plain" or cost != "spikes" or grid != args.ssc_grids[0]):
+                        continue  # tau = 0 is the unscaled model whatever the variant
+                    key = " ".join([str(tau)] + ([] if grid == "paper" else [f"{grid} grid"])
+                                   + ([] if (variant, cost) == ("plain", "spikes") else [cost, variant]))
+                    entry["ssc"][key] = _ssc_row(snn, table, original, tau, xt, yt, args.ssc_t, name, xc[:128],
+                                                 cost, variant, base.get("correction"))
+                    entry["ssc"][key]["grid"] = grid
+                    save(args.out, {**results, "models": {**results["models"], name: entry}})
         for T in args.iat_ts:
             snn = ann2snn.convert(model, xc.split(128), timesteps=T, **base)
             full = timed_full(snn, xt, yt, T)

@@ -305,10 +305,10 @@ def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> 
         snn.info["correction"] = correction.correct(snn, x, cfg.timesteps, cfg.correction, cfg.correction_target,
                                                     progress_bar)
     if cfg.ssc_tau > 0:
-        from .calibration.ssc import compress
+        from .calibration.ssc import GRIDS, compress
 
-        compress(snn, x, cfg.ssc_tau, cfg.timesteps, metric=cfg.sensitivity_metric, progress=progress_bar,
-                 cost=cfg.ssc_cost)
+        compress(snn, x, cfg.ssc_tau, cfg.timesteps, GRIDS[cfg.ssc_grid], metric=cfg.sensitivity_metric,
+                 progress=progress_bar, cost=cfg.ssc_cost)
     if cfg.iat:
         from .iat import calibrate_iat
 

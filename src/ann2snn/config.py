@@ -59,6 +59,8 @@ class ConversionConfig:
             A configured correction is measured again after the scaling.
         ssc_cost: what SSC minimises: ``spikes`` (the paper) or ``sops`` (each layer's spikes priced
             by the synaptic operations they cause, so large fan-outs are compressed first).
+        ssc_grid: SSC's candidate scales: ``fine`` (1, 1.25, ..., 2, 2.5, ..., 10) or ``paper``
+            (1, 1.5, ..., 10).
         iat: calibrate an Input-aware Adaptive Timesteps schedule (stored with the model).
         iat_a, iat_b: the schedule's constants in theta_t = a + b * exp(min e - e_t).
         iat_confidence: ``entropy`` (1 - H / log C) or ``prob`` (max probability).
@@ -105,6 +107,7 @@ class ConversionConfig:
     correction_target: str = "clip"
     ssc_tau: float = 0.0
     ssc_cost: str = "spikes"
+    ssc_grid: str = "fine"
     iat: bool = False
     iat_a: float = 0.6
     iat_b: float = 0.4
@@ -134,6 +137,7 @@ class ConversionConfig:
         _choice("burst_alloc", self.burst_alloc, BURST_ALLOCS)
         _choice("burst_cost", self.burst_cost, ("spikes", "sops"))
         _choice("ssc_cost", self.ssc_cost, ("spikes", "sops"))
+        _choice("ssc_grid", self.ssc_grid, ("fine", "paper"))
         _choice("sensitivity_metric", self.sensitivity_metric, SENSITIVITY_METRICS)
         _choice("mse_levels", self.mse_levels, MSE_LEVELS)
         _choice("correction_target", self.correction_target, CORRECTION_TARGETS)

@@ -5,10 +5,11 @@ unscaled): measure the increase of the output divergence from the ANN, dS_l(r) =
 and the layer's spikes N_l(r). Choose one r per layer minimising sum N_l(r_l) subject to
 sum max(dS_l(r_l), 0) <= tau * S_base, exactly, by dynamic programming. tau = 0 changes nothing.
 
-Two choices beyond the paper, both measured in docs/benchmarks.md: the objective may price each layer's
+Three choices beyond the paper, all measured in docs/benchmarks.md: the objective may price each layer's
 spikes by the synaptic operations one of them causes (``cost="sops"``: what energy counts, so layers
 with a large fan-out are compressed first), and a model with bias / potential correction is corrected
-again after its thresholds are scaled (the corrections cancel the mean error of the thresholds in use).
+again after its thresholds are scaled (the corrections cancel the mean error of the thresholds in use);
+the default scale grid steps by 0.25 up to 2 (``FINE_SCALES``; the paper's 0.5 steps: ``PAPER_SCALES``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ from .burst import (
     solve_budgeted,
 )
 
-DEFAULT_SCALES = tuple(1.0 + 0.5 * i for i in range(19))  # 1.0, 1.5, ..., 10.0
+PAPER_SCALES = tuple(1.0 + 0.5 * i for i in range(19))  # 1.0, 1.5, ..., 10.0
+# finer where choices are made (most layers end at 1.25-2), coarser where they are not
+FINE_SCALES = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0)
+GRIDS = {"fine": FINE_SCALES, "paper": PAPER_SCALES}
+DEFAULT_SCALES = FINE_SCALES
 
 
 @dataclass
