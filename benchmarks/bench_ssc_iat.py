@@ -83,12 +83,14 @@ def main(argv=None) -> int:
     p.add_argument("--ssc-costs", nargs="+", default=["spikes"], choices=["spikes", "sops"],
                    help="what the DP minimises: each layer's spikes (the paper) or the SOPs they cause")
     p.add_argument("--out", default="ssc_iat")
+    p.add_argument("--adapt-samples", type=int, default=128,
+                   help="calibration images for AdaFire, corrections and SSC (the config's adapt_samples)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = {"provenance": provenance("python benchmarks/bench_ssc_iat.py " + " ".join(argv or sys.argv[1:])),
                "models": {}}
-    base = dict(threshold="mse", adapt_samples=128)
+    base = dict(threshold="mse", adapt_samples=args.adapt_samples)
     if args.base == "adafire":
         base.update(neuron="adafire", correction="advanced")
     for name in args.models:
@@ -101,13 +103,13 @@ def main(argv=None) -> int:
             original = threshold_state(snn)
             variants = args.ssc_variants + (["verified"] if args.ssc_verify else [])
             for grid in args.ssc_grids:
-                table = ssc_table(snn, xc[:128], args.ssc_t, GRIDS[grid])
+                table = ssc_table(snn, xc[:args.adapt_samples], args.ssc_t, GRIDS[grid])
                 for tau, cost, variant in itertools.product(args.taus, args.ssc_costs, dict.fromkeys(variants)):
                     if tau == 0 and (variant != "plain" or cost != "spikes" or grid != args.ssc_grids[0]):
                         continue  # tau = 0 is the unscaled model whatever the variant
                     key = " ".join([str(tau)] + ([] if grid == "paper" else [f"{grid} grid"])
                                    + ([] if (variant, cost) == ("plain", "spikes") else [cost, variant]))
-                    entry["ssc"][key] = _ssc_row(snn, table, original, tau, xt, yt, args.ssc_t, name, xc[:128],
+                    entry["ssc"][key] = _ssc_row(snn, table, original, tau, xt, yt, args.ssc_t, name, xc[:args.adapt_samples],
                                                  cost, variant, base.get("correction"))
                     entry["ssc"][key]["grid"] = grid
                     save(args.out, {**results, "models": {**results["models"], name: entry}})

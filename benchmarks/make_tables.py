@@ -79,12 +79,17 @@ def ssc_iat(d: dict) -> list[str]:
     for model, e in d["models"].items():
         out.append(f"**{model}** (base: {e['base']})")
         out.append("")
-        out.append("| SSC tau | accuracy % | SOPs / image | saving vs ANN (45 nm) | scales |")
-        out.append("|---|---|---|---|---|")
+        ref = e["ssc"].get("0.0")  # the unscaled model, when the run has it
+        out.append("| SSC tau | accuracy % | SOPs / image | vs tau = 0: points, SOPs | saving vs ANN (45 nm) | scales |")
+        out.append("|---|---|---|---|---|---|")
         for tau, r in e["ssc"].items():
-            out.append(f"| {tau} | {pct(r['accuracy'])} | {r['sops'] / 1e6:.2f} M | {pct(r['saving'])} % | "
+            vs = (f"{(r['accuracy'] - ref['accuracy']) * 100:+.2f}, {(r['sops'] / ref['sops'] - 1) * 100:+.1f} %"
+                  if ref else "")
+            out.append(f"| {tau} | {pct(r['accuracy'])} | {r['sops'] / 1e6:.2f} M | {vs} | {pct(r['saving'])} % | "
                        f"{', '.join(f'{v:g}' for v in r['scales'].values())} |")
         out.append("")
+        if not e["iat"]:
+            continue
         out.append("| IAT T | schedule | accuracy % (full run) | mean steps (% of T) | wall time vs full | "
                    "SOPs / image (full) | saving vs ANN (full) |")
         out.append("|---|---|---|---|---|---|---|")
