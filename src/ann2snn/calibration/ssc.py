@@ -142,10 +142,11 @@ def apply_scales(snn: SpikingModel, scales: dict[str, float]) -> None:
 
 def compress(snn: SpikingModel, x: Tensor, tau: float, timesteps: int | None = None,
              scales: Sequence[float] = DEFAULT_SCALES, metric: str = "auto",
-             progress: bool | None = None, verify: bool = True, cost: str = "spikes",
+             progress: bool | None = None, verify: bool = True, cost: str = "sops",
              correction: str | None = "auto") -> dict[str, float]:
     """Run SSC on ``snn`` in place with calibration inputs ``x``; returns the chosen scales.
 
+    ``cost``: the DP minimises the SOPs the layers' spikes cause (default) or their ``"spikes"``.
     ``correction``: after scaling, run bias / potential correction again (``"light"``, ``"advanced"``,
     ``"both"``; ``"auto"``: the model's configured correction; ``None`` / ``"none"``: keep the
     corrections measured for the unscaled thresholds).
