@@ -102,14 +102,17 @@ def main(argv=None) -> int:
             snn = ann2snn.convert(model, xc.split(128), timesteps=args.ssc_t, **base)
             original = threshold_state(snn)
             variants = args.ssc_variants + (["verified"] if args.ssc_verify else [])
+            x_adapt = xc[:args.adapt_samples]
+            if 0 in args.taus:  # the unscaled model: the reference of every other row
+                entry["ssc"]["0.0"] = _ssc_row(snn, None, original, 0.0, xt, yt, args.ssc_t, name, x_adapt, "spikes",
+                                               "plain", None)
             for grid in args.ssc_grids:
-                table = ssc_table(snn, xc[:args.adapt_samples], args.ssc_t, GRIDS[grid])
-                for tau, cost, variant in itertools.product(args.taus, args.ssc_costs, dict.fromkeys(variants)):
-                    if tau == 0 and (variant != "plain" or cost != "spikes" or grid != args.ssc_grids[0]):
-                        continue  # tau = 0 is the unscaled model whatever the variant
+                taus = [t for t in args.taus if t > 0]
+                table = ssc_table(snn, x_adapt, args.ssc_t, GRIDS[grid]) if taus else None
+                for tau, cost, variant in itertools.product(taus, args.ssc_costs, dict.fromkeys(variants)):
                     key = " ".join([str(tau)] + ([] if grid == "paper" else [f"{grid} grid"])
                                    + ([] if (variant, cost) == ("plain", "spikes") else [cost, variant]))
-                    entry["ssc"][key] = _ssc_row(snn, table, original, tau, xt, yt, args.ssc_t, name, xc[:args.adapt_samples],
+                    entry["ssc"][key] = _ssc_row(snn, table, original, tau, xt, yt, args.ssc_t, name, x_adapt,
                                                  cost, variant, base.get("correction"))
                     entry["ssc"][key]["grid"] = grid
                     save(args.out, {**results, "models": {**results["models"], name: entry}})
@@ -143,7 +146,9 @@ def main(argv=None) -> int:
 def _ssc_row(snn, table, original, tau, xt, yt, T, name, xc, cost, variant, correction):
     restore_thresholds(snn, original)
     correction = correction if "recorrected" in variant else None
-    if variant.startswith("verified"):
+    if tau == 0:
+        scales = {n: 1.0 for n in snn.neurons()}
+    elif variant.startswith("verified"):
         scales, _ = apply_verified(snn, table, tau, xc, T, cost=cost, correction=correction)
     else:
         scales = choose_scales(table, tau, cost=cost)

@@ -79,7 +79,7 @@ def ssc_iat(d: dict) -> list[str]:
     for model, e in d["models"].items():
         out.append(f"**{model}** (base: {e['base']})")
         out.append("")
-        ref = e["ssc"].get("0.0")  # the unscaled model, when the run has it
+        ref = next((r for k, r in e["ssc"].items() if k.split()[0] == "0.0"), None)  # the unscaled model
         out.append("| SSC tau | accuracy % | SOPs / image | vs tau = 0: points, SOPs | saving vs ANN (45 nm) | scales |")
         out.append("|---|---|---|---|---|---|")
         for tau, r in e["ssc"].items():
