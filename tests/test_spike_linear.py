@@ -111,3 +111,10 @@ def test_bipolar_save_load_and_export_refusal(digits, tmp_path):
 
     with pytest.raises(ExportError, match="spike_linear=False"):
         ann2snn.export_nir(snn, tmp_path / "m.nir")
+
+
+@pytest.mark.parametrize("name", ["vgg_digits", "resnet_digits", "cnn_digits"])
+def test_nets_with_a_relu_before_every_weight_layer_get_no_bipolar_neuron(name):
+    gm = ann2snn.prepare(create_model(name), threshold="max", spike_linear=True)
+    stats = next(m for m in gm.meta.values() if isinstance(m, dict) and "passes" in m)["passes"]
+    assert stats["bipolar_neurons"] == 0
