@@ -145,8 +145,23 @@ def hed(d: dict) -> list[str]:
     return out + [""]
 
 
+def spike_linear(d: dict) -> list[str]:
+    out = [prov(d), ""]
+    for model, e in d["models"].items():
+        out.append(f"**{model}** — ANN {pct(e['ann_accuracy'])} % on the same test images (base: {e['base']})")
+        out.append("")
+        out.append("| T | SSC tau | bottlenecks | accuracy % | SOPs / image | MACs / image | saving vs ANN (45 nm) |")
+        out.append("|---|---|---|---|---|---|---|")
+        for r in e["rows"]:
+            kind = f"spiking ({r['bipolar_neurons']} bipolar layers)" if r["spike_linear"] else "analog"
+            out.append(f"| {r['T']} | {r['ssc_tau']:g} | {kind} | {r['accuracy'] * 100:.2f} | {r['sops'] / 1e6:.2f} M | "
+                       f"{r['macs'] / 1e6:.2f} M | {pct(r['saving'])} % |")
+        out.append("")
+    return out
+
+
 RENDER = {"measures": measures, "hed": hed, "thresholds": thresholds, "adafire": adafire, "simulation": simulation,
-          "ssc_iat": ssc_iat}
+          "ssc_iat": ssc_iat, "spike_linear": spike_linear}
 
 
 def main() -> int:

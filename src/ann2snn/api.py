@@ -46,6 +46,8 @@ def prepare(model: nn.Module, config: ConversionConfig | dict | None = None, **o
     stats["bn_folded"], stats["bn_affine"] = P.fold_batchnorm(gm)
     stats["maxpool_moved"] = P.move_maxpool_before_neuron(gm)
     stats["neurons"] = insert_observers(gm, cfg)
+    if cfg.spike_linear:
+        stats["bipolar_neurons"] = insert_bipolar_observers(gm, cfg)
     stats["nodes_final"] = _count(gm)
     gm.meta[META_KEY] = {"config": cfg, "passes": stats, "calibrated": False}
     return gm
@@ -81,6 +83,65 @@ def insert_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> int:
             new = gm.graph.call_module(name, (node.args[0],))
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
+        count += 1
+    P._finish(gm)
+    return count
+
+
+def _origins(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> dict[fx.Node, str]:
+    """What each node carries: ``input`` (the network's input, constants), ``spikes`` (neuron outputs
+    and linear maps of them) or ``analog`` (weight-layer outputs and everything mixed with them)."""
+    origin: dict[fx.Node, str] = {}
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "get_attr"):
+            origin[node] = "input"
+            continue
+        if node.op == "output":
+            continue
+        if node.op == "call_module" and isinstance(modules[node.target], ThresholdObserver):
+            origin[node] = "spikes"
+            continue
+        kind = classify(node, modules).kind
+        inputs = {origin[a] for a in node.all_input_nodes if a in origin}
+        if kind is Kind.WEIGHTED or (kind is Kind.MAXPOOL and inputs != {"input"}):
+            origin[node] = "analog"  # a running max-pool sends increments of a maximum, not spike counts
+        elif inputs in ({"spikes"}, {"input"}):
+            origin[node] = inputs.pop()
+        elif not inputs:
+            origin[node] = "input"
+        else:
+            origin[node] = "analog"
+    return origin
+
+
+def insert_bipolar_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> int:
+    """``spike_linear``: put a bipolar neuron's observer on every analog value (not the network's
+    input) that reaches a weight layer, so that each weight layer is driven by spikes. The value's
+    other users (a residual sum, a concatenation) take the spiking version too; outputs stay analog.
+    Returns their number."""
+    count = 0
+    labels = {m.name for m in gm.modules() if isinstance(m, ThresholdObserver)}
+    while True:
+        modules = P.modules_of(gm)
+        origin = _origins(gm, modules)
+        src = next((n.args[0] for n in gm.graph.nodes if isinstance(n.args[0] if n.args else None, fx.Node)
+                    and classify(n, modules).kind is Kind.WEIGHTED and origin.get(n.args[0]) == "analog"), None)
+        if src is None:
+            break
+        name = f"bipolar_{count}_{src.name}"
+        label = unique_label(f"{src.target if src.op == 'call_module' else src.name}.out", labels)
+        obs = ThresholdObserver(
+            label, cfg.threshold, cfg.granularity == "channel", None,
+            percentile=cfg.percentile, timesteps=cfg.timesteps, v0=cfg.v0,
+            burst_cap=cfg.burst_cap if cfg.neuron == "adafire" and cfg.mse_levels == "Tm" else 1,
+            ltb_lr=cfg.ltb_lr, ltb_forward=cfg.ltb_forward, sample_size=cfg.sample_size,
+            seed=cfg.seed + 1000 + count, signed=True,
+        )
+        obs.source = source_of(src)
+        gm.add_submodule(name, obs)
+        with gm.graph.inserting_after(src):
+            new = gm.graph.call_module(name, (src,))
+        src.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new and user.op != "output")
         count += 1
     P._finish(gm)
     return count
@@ -245,7 +306,7 @@ def to_snn(prepared: fx.GraphModule, caps: dict[str, int] | None = None, *, with
                 cap = cfg.step_cap
             neuron = SpikingNeuron(theta, cap=cap, v0=cfg.v0, clip=mod.clip, name=mod.name,
                                    spread_steps=cfg.timesteps if cfg.v0_mode == "spread" else 0,
-                                   signed=cfg.signed)
+                                   signed=cfg.signed, bipolar=mod.signed)
             modules[node.target] = neuron
             layers.append({"name": mod.name, "channels": int(mod.result.numel()), "cap": cap,
                            "clip_value_mean": float(mod.result.mean()), "clip_value_max": float(mod.result.max()),

@@ -76,6 +76,10 @@ class ConversionConfig:
             its membrane falls below 0, so that its net count follows the rounded ReLU of its running
             input sum even when the input changes sign over time (event streams, one frame per step).
             Not exportable to NIR / the portable format.
+        spike_linear: put a bipolar neuron (spikes of either sign) on every value that reaches a weight
+            layer without a ReLU (MobileNet's linear bottlenecks and the residual sums they feed), so
+            that layer runs on spikes (SOPs) instead of analog values (MACs) every step. The network's
+            input and outputs stay analog. Off by default: it adds quantisation where the ANN had none.
         step_cap: IF neurons only: up to this many spikes per step, each worth the full threshold, so a
             neuron can pass up to ``step_cap`` times its clip value in one step. Inputs that arrive in
             bursts (one event frame per step) then need not wait for later steps; the resolution stays
@@ -118,6 +122,7 @@ class ConversionConfig:
     v0_mode: str = "initial"
     t0: int = 0
     signed: bool = False
+    spike_linear: bool = False
     step_cap: int = 1
     encoding: str = "direct"
     calib_batches: int | None = None

@@ -38,6 +38,8 @@ class ThresholdObserver(nn.Module):
         per_channel: one value per channel (dim 1) or one per layer.
         clip: the activation's own upper bound (ReLU6: 6.0), or ``None``.
         percentile, timesteps, burst_cap, v0, ltb_lr, ltb_forward, sample_size, seed: method parameters.
+        signed: the site of a bipolar neuron (a value with no ReLU): the statistics are those of
+            ``|z|`` and the forward pass is the identity.
     """
 
     def __init__(
@@ -55,9 +57,11 @@ class ThresholdObserver(nn.Module):
         ltb_forward: str = "relu",
         sample_size: int = 20000,
         seed: int = 0,
+        signed: bool = False,
     ) -> None:
         super().__init__()
         self.name = name
+        self.signed = signed
         self.method = method
         self.per_channel = per_channel
         self.clip = clip
@@ -81,12 +85,18 @@ class ThresholdObserver(nn.Module):
         self.result: Tensor | None = None
 
     def extra_repr(self) -> str:
-        return f"{self.method}, per_channel={self.per_channel}, clip={self.clip}, name={self.name!r}"
+        signed = ", signed" if self.signed else ""
+        return f"{self.method}, per_channel={self.per_channel}, clip={self.clip}{signed}, name={self.name!r}"
 
     @torch.no_grad()
     def forward(self, z: Tensor) -> Tensor:
         if self.collecting:
-            self._observe(z)
+            self._observe(z.abs() if self.signed else z)
+        if self.signed:  # the value it observes has no ReLU: it passes unchanged (LTB's clip: symmetric)
+            if self.collecting and self.method == "ltb" and self.ltb_forward == "clip" and self.ltb is not None:
+                bound = broadcast_channel(self.ltb, z.ndim).to(z.dtype)
+                return torch.maximum(torch.minimum(z, bound), -bound)
+            return z
         out = torch.relu(z)
         if self.clip is not None:
             out = out.clamp(max=self.clip)

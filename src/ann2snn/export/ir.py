@@ -220,6 +220,10 @@ def lower(snn: SpikingModel, example_shape: tuple[int, ...] | None = None, targe
         if node.op == "call_module":
             mod = modules[node.target]
             label = f"call_module {type(mod).__name__}"
+            if isinstance(mod, SpikingNeuron) and mod.bipolar:
+                refuse(node, label, "bipolar neurons (spikes of either sign, from spike_linear=True) cannot be "
+                                    "exported; convert with spike_linear=False")
+                continue
             if isinstance(mod, SpikingNeuron) and mod.signed:
                 refuse(node, label, "signed neurons (negative spikes, convert with signed=False) cannot be exported")
                 continue

@@ -65,6 +65,11 @@ class SpikingNeuron(StatefulModule):
             more than its net count so far) when its membrane falls below 0: each takes back an earlier
             spike. Its net count then follows the rounded ReLU of its running input sum whatever the
             order of the inputs, which inputs that change sign over time (event streams) need.
+        bipolar: a neuron for a value with no ReLU (a linear bottleneck): negative spikes whenever the
+            membrane falls below 0, with no limit from earlier spikes, so that its net output follows
+            its running input sum rounded to whole thresholds, of either sign (clipped at
+            ``cap * threshold`` per step). Implies ``signed``. Its analog forms are the identity
+            (``relu``), a symmetric clip and a symmetric quantisation.
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class SpikingNeuron(StatefulModule):
         name: str = "",
         spread_steps: int = 0,
         signed: bool = False,
+        bipolar: bool = False,
     ) -> None:
         super().__init__()
         threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
@@ -87,7 +93,8 @@ class SpikingNeuron(StatefulModule):
         self.spread_steps = int(spread_steps)
         self.clip = clip
         self.name = name
-        self.signed = bool(signed)
+        self.bipolar = bool(bipolar)
+        self.signed = bool(signed) or self.bipolar
         self.count: Tensor | None = None  # net spikes so far (signed neurons only)
         self.analog: str | None = None
         self.quant_timesteps = 0
@@ -99,19 +106,19 @@ class SpikingNeuron(StatefulModule):
 
     def extra_repr(self) -> str:
         kind = "IF" if self.cap == 1 else f"AdaFire(cap={self.cap})"
-        kind = f"signed {kind}" if self.signed else kind
+        kind = f"bipolar {kind}" if self.bipolar else f"signed {kind}" if self.signed else kind
         spread = f" spread over {self.spread_steps} steps" if self.spread_steps else ""
         return f"{kind}, channels={self.threshold.numel()}, v0={self.v0}{spread}, name={self.name!r}"
 
     def spec(self) -> dict[str, Any]:
         return {"cap": self.cap, "v0": self.v0, "clip": self.clip, "name": self.name,
                 "threshold_shape": list(self.threshold.shape), "spread_steps": self.spread_steps,
-                "signed": self.signed}
+                "signed": self.signed, "bipolar": self.bipolar}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> SpikingNeuron:
         return cls(torch.zeros(spec["threshold_shape"]), spec["cap"], spec["v0"], spec["clip"], spec["name"],
-                   int(spec.get("spread_steps", 0)), bool(spec.get("signed", False)))
+                   int(spec.get("spread_steps", 0)), bool(spec.get("signed", False)), bool(spec.get("bipolar", False)))
 
     @torch.no_grad()
     def set_cap(self, cap: int) -> None:
@@ -178,6 +185,10 @@ class SpikingNeuron(StatefulModule):
     def _signed(self, v: Tensor, theta: Tensor, spikes: Tensor) -> Tensor:
         """Add negative spikes where ``v < 0``: ``ceil(-v / theta)``, at most ``cap`` and the net count."""
         spikes = spikes.to(v.dtype)
+        if self.bipolar:  # no earlier spikes to take back needed; silent channels (threshold 0) stay silent
+            neg = torch.ceil(-v / theta).clamp_(0.0, float(self.cap))
+            neg = torch.where(theta < 1e29, neg, torch.zeros_like(neg))
+            return spikes - neg
         if self.count is None:
             self.count = torch.zeros_like(v)
         if self.cap == 1:
@@ -189,6 +200,16 @@ class SpikingNeuron(StatefulModule):
         return spikes
 
     def _analog(self, x: Tensor, theta: Tensor) -> Tensor:
+        if self.bipolar:  # the value it stands for has no ReLU: identity, symmetric clip or quantisation
+            if self.analog == "relu":
+                return x
+            live = broadcast_channel(self.threshold, x.ndim).to(x.dtype) > 0
+            bound = theta * self.cap
+            if self.analog == "clip":
+                out = torch.maximum(torch.minimum(x, bound), -bound)
+            else:
+                out = torch.sign(x) * NF.quantize(x.abs(), theta, self.quant_timesteps, self.v0, self.cap)
+            return torch.where(live, out, torch.zeros_like(out))
         if self.analog == "relu":
             out = torch.relu(x)
             return out.clamp(max=self.clip) if self.clip is not None else out
