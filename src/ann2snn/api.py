@@ -57,6 +57,16 @@ def _count(gm: fx.GraphModule) -> int:
     return sum(1 for n in gm.graph.nodes if n.op not in ("placeholder", "output"))
 
 
+def _observer(cfg: ConversionConfig, label: str, clip: float | None, seed: int, signed: bool = False
+              ) -> ThresholdObserver:
+    return ThresholdObserver(
+        label, cfg.threshold, cfg.granularity == "channel", clip,
+        percentile=cfg.percentile, timesteps=cfg.timesteps, v0=cfg.v0,
+        burst_cap=cfg.burst_cap if cfg.neuron == "adafire" and cfg.mse_levels == "Tm" else 1,
+        ltb_lr=cfg.ltb_lr, ltb_forward=cfg.ltb_forward, sample_size=cfg.sample_size, seed=seed, signed=signed,
+    )
+
+
 def insert_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> int:
     """Replace every ReLU-like node by a call to a :class:`ThresholdObserver`. Returns their number."""
     modules = P.modules_of(gm)
@@ -71,12 +81,7 @@ def insert_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> int:
         # one neuron layer per call, each with its own state, thresholds and counts: name the later
         # calls "<module>.call<k>" so that every layer has its own name.
         label = unique_label(node.target if node.op == "call_module" else node.name, labels)
-        obs = ThresholdObserver(
-            label, cfg.threshold, cfg.granularity == "channel", c.cap,
-            percentile=cfg.percentile, timesteps=cfg.timesteps, v0=cfg.v0,
-            burst_cap=cfg.burst_cap if cfg.neuron == "adafire" and cfg.mse_levels == "Tm" else 1,
-            ltb_lr=cfg.ltb_lr, ltb_forward=cfg.ltb_forward, sample_size=cfg.sample_size, seed=cfg.seed + count,
-        )
+        obs = _observer(cfg, label, c.cap, cfg.seed + count)
         obs.source = source_of(node)
         gm.add_submodule(name, obs)
         with gm.graph.inserting_after(node):
@@ -130,13 +135,7 @@ def insert_bipolar_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> int:
             break
         name = f"bipolar_{count}_{src.name}"
         label = unique_label(f"{src.target if src.op == 'call_module' else src.name}.out", labels)
-        obs = ThresholdObserver(
-            label, cfg.threshold, cfg.granularity == "channel", None,
-            percentile=cfg.percentile, timesteps=cfg.timesteps, v0=cfg.v0,
-            burst_cap=cfg.burst_cap if cfg.neuron == "adafire" and cfg.mse_levels == "Tm" else 1,
-            ltb_lr=cfg.ltb_lr, ltb_forward=cfg.ltb_forward, sample_size=cfg.sample_size,
-            seed=cfg.seed + 1000 + count, signed=True,
-        )
+        obs = _observer(cfg, label, None, cfg.seed + 1000 + count, signed=True)
         obs.source = source_of(src)
         gm.add_submodule(name, obs)
         with gm.graph.inserting_after(src):
