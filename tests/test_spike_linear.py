@@ -118,3 +118,21 @@ def test_nets_with_a_relu_before_every_weight_layer_get_no_bipolar_neuron(name):
     gm = ann2snn.prepare(create_model(name), threshold="max", spike_linear=True)
     stats = next(m for m in gm.meta.values() if isinstance(m, dict) and "passes" in m)["passes"]
     assert stats["bipolar_neurons"] == 0
+
+
+def test_bipolar_layers_are_priced_and_compressed_by_their_spikes_of_both_signs(digits):
+    """Spike tallies (SSC, AdaFire) count negative spikes too: a bipolar layer's spikes are its events."""
+    from ann2snn.calibration.ssc import ssc_table
+
+    xc, xt, _ = digits
+    model = create_model("mobilenet_digits", pretrained=True)
+    snn = ann2snn.convert(model, xc, threshold="mse", timesteps=4, spike_linear=True)
+    table = ssc_table(snn, xc[:64], 4, scales=[1.0, 2.0])
+    with SynapticCounter(snn) as c:
+        snn.run(xc[:64], 4)
+        events = c.pending_spikes()
+    for i, name in enumerate(table.layers):
+        assert table.spikes[i][0] == pytest.approx(events[name], rel=1e-6)  # |spikes|, not the net count
+        if snn.neurons()[name].bipolar:
+            assert table.spikes[i][0] > 0 and table.sops_per_spike[i] > 0
+            assert table.spikes[i][1] < table.spikes[i][0]  # a larger threshold: fewer spikes

@@ -230,4 +230,21 @@ def test_ssc_backs_off_when_one_layer_measurements_understate_the_combination(di
     assert len(checks) >= 2 and checks[0]["divergence"] > 1.5 * snn.info["ssc"]["table"]["baseline_divergence"]
     # nothing respects the allowance when every layer is at its largest scale: back to the plain thresholds
     assert all(r == 1.0 for r in chosen.values())
+    info = snn.info["ssc"]  # and the report describes the model kept, not the last rejected one
+    assert info["recorrected"] is None
+    assert info["calibration"]["sops_after"] == info["calibration"]["sops_before"]
+    assert info["calibration"]["divergence_after"] == info["calibration"]["divergence_before"]
     assert all(torch.equal(m.threshold, before[n]) for n, m in snn.neurons().items())
+
+
+def test_ssc_prices_do_not_depend_on_counter_flushes(digits):
+    """The counter flushes every 255 steps; prices divide the SOPs attributed since the last flush by
+    the spikes of the same steps, so a run past 255 steps prices spikes like a shorter one."""
+    from ann2snn.calibration.ssc import ssc_table
+
+    model, xtr, _, _, _ = digits
+    snn = ann2snn.convert(model, xtr[:256], threshold="mse", timesteps=8)
+    short = ssc_table(snn, xtr[:32], 200, scales=[1.0]).sops_per_spike
+    long = ssc_table(snn, xtr[:32], 300, scales=[1.0]).sops_per_spike
+    assert all(p > 0 for p in short)
+    assert all(abs(a - b) <= 0.1 * b for a, b in zip(long, short, strict=True)), (short, long)

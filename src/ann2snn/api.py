@@ -140,7 +140,12 @@ def insert_bipolar_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> int:
         gm.add_submodule(name, obs)
         with gm.graph.inserting_after(src):
             new = gm.graph.call_module(name, (src,))
-        src.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new and user.op != "output")
+        def takes_spikes(user: fx.Node, new: fx.Node = new, modules: dict = modules) -> bool:
+            # outputs stay analog, and a ReLU site on the same value integrates the value itself
+            return user is not new and user.op != "output" and not (
+                user.op == "call_module" and isinstance(modules.get(user.target), ThresholdObserver))
+
+        src.replace_all_uses_with(new, delete_user_cb=takes_spikes)
         count += 1
     P._finish(gm)
     return count

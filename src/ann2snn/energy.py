@@ -435,6 +435,11 @@ class SynapticCounter:
         self._pending_input = None
         self._pending_steps = 0
 
+    def pending_spikes(self) -> dict[str, float]:
+        """Each neuron layer's spikes (negative ones included) since the last flush, summed over the
+        batch: the spikes whose synaptic operations :meth:`attribute` returns."""
+        return {name: float(c.sum(dtype=torch.float64)) for name, c in self._pending.items()}
+
     def attribute(self) -> dict[str, float]:
         """Synaptic operations caused by each neuron layer's spikes since the last flush, summed over
         the batch (what that layer's spikes cost downstream: its spikes times their fan-out, through

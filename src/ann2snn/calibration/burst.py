@@ -67,8 +67,9 @@ class _SpikeTally:
         self.totals = {name: 0.0 for name in self.neurons}
 
     def __call__(self, snn: SpikingModel) -> None:
-        for name, mod in self.neurons.items():
-            self.totals[name] += float(mod.last_spikes.sum())
+        for name, mod in self.neurons.items():  # a negative spike is a spike too (signed, bipolar)
+            s = mod.last_spikes
+            self.totals[name] += float(s.abs().sum() if mod.signed else s.sum())
 
 
 def simulate_with_tally(snn: SpikingModel, x: Tensor, timesteps: int) -> tuple[Any, dict[str, float]]:
@@ -131,7 +132,7 @@ def sensitivity_table(
 
         with SynapticCounter(snn) as counter:  # the baseline run also prices each layer's spikes
             _, base = simulate_with_tally(snn, x, timesteps)
-            caused = counter.attribute()
+            caused, window = counter.attribute(), counter.pending_spikes()
         jobs = [(name, m) for name in neurons for m in caps]
         div_sums, div_counts, job_spikes = [], [], []
         for name, m in bar(jobs, len(jobs), "burst sensitivity", progress):
@@ -149,10 +150,13 @@ def sensitivity_table(
     # ranks' shares (a no-op in one process)
     names = list(neurons)
     divs = reduce_means(div_sums, div_counts)
-    totals = D.sum_floats([*job_spikes, *(base[n] for n in names), *(caused[n] for n in names), x.shape[0]])
     k, L = len(caps), len(names)
-    job_spikes, base_layers, caused_layers = totals[:k * L], totals[k * L:k * L + L], totals[k * L + L:-1]
-    per_spike = [c / b if b > 0 else 0.0 for c, b in zip(caused_layers, base_layers, strict=True)]
+    totals = D.sum_floats([*job_spikes, *(base[n] for n in names), *(caused[n] for n in names),
+                           *(window[n] for n in names), x.shape[0]])
+    job_spikes, base_layers = totals[:k * L], totals[k * L:k * L + L]
+    caused_layers, window_layers = totals[k * L + L:k * L + 2 * L], totals[k * L + 2 * L:-1]
+    # the SOPs attributed and the spikes that caused them cover the same steps (since the last flush)
+    per_spike = [c / b if b > 0 else 0.0 for c, b in zip(caused_layers, window_layers, strict=True)]
     sens = [divs[i * k:(i + 1) * k] for i in range(L)]
     spikes = [job_spikes[i * k:(i + 1) * k] for i in range(L)]
     return SensitivityTable(names, list(caps), sens, spikes, target_cap, initial_cap, sum(base_layers), metric,

@@ -72,19 +72,21 @@ def ssc_table(snn: SpikingModel, x: Tensor, timesteps: int, scales: Sequence[flo
 
     with SynapticCounter(snn) as counter:  # the baseline run also prices each layer's spikes
         out, base = simulate_with_tally(snn, x, timesteps)
-        caused = counter.attribute()
+        caused, window = counter.attribute(), counter.pending_spikes()
         base_sops = counter.report().sops * x.shape[0]
     base_sum, base_count = divergence_sum(_first_tensor(out), ann, metric)
     div_sums, div_counts, job_spikes = [], [], []
     jobs = [(name, r) for name in neurons for r in scales]
     for name, r in bar(jobs, len(jobs), "spike compression", progress):
         neuron = neurons[name]
-        original = neuron.threshold.clone()
+        original = neuron.threshold.clone(), neuron.v0_offset.clone()
         neuron.threshold.mul_(r)
+        neuron.v0_offset.mul_(r)  # as apply_scales does: the table measures what is applied
         try:
             out, tally = simulate_with_tally(snn, x, timesteps)
         finally:
-            neuron.threshold.copy_(original)
+            neuron.threshold.copy_(original[0])
+            neuron.v0_offset.copy_(original[1])
         total, count = divergence_sum(_first_tensor(out), ann, metric)
         div_sums.append(total)
         div_counts.append(count)
@@ -93,11 +95,13 @@ def ssc_table(snn: SpikingModel, x: Tensor, timesteps: int, scales: Sequence[flo
     base_div, *divs = reduce_means([base_sum, *div_sums], [base_count, *div_counts])
     names = list(neurons)
     L = len(names)
-    totals = D.sum_floats([*job_spikes, *(base[n] for n in names), *(caused[n] for n in names), base_sops,
-                           x.shape[0]])
+    totals = D.sum_floats([*job_spikes, *(base[n] for n in names), *(caused[n] for n in names),
+                           *(window[n] for n in names), base_sops, x.shape[0]])
     *totals, base_sops, samples = totals
-    job_spikes, layer_spikes, layer_sops = totals[:-2 * L], totals[-2 * L:-L], totals[-L:]
-    per_spike = [c / b if b > 0 else 0.0 for c, b in zip(layer_sops, layer_spikes, strict=True)]
+    job_spikes, layer_spikes = totals[:-3 * L], totals[-3 * L:-2 * L]
+    layer_sops, window_spikes = totals[-2 * L:-L], totals[-L:]
+    # the SOPs attributed and the spikes that caused them cover the same steps (since the last flush)
+    per_spike = [c / b if b > 0 else 0.0 for c, b in zip(layer_sops, window_spikes, strict=True)]
     k = len(scales)
     rows = range(L)
     return SSCTable(names, [float(r) for r in scales], [divs[i * k:(i + 1) * k] for i in rows],
@@ -166,11 +170,18 @@ def compress(snn: SpikingModel, x: Tensor, tau: float, timesteps: int | None = N
     if verify:
         chosen, checks = apply_verified(snn, table, tau, x, timesteps, cost=cost, correction=correction)
     else:
-        chosen = choose_scales(table, tau, cost=cost)
-        apply_corrected(snn, chosen, x, timesteps, correction)
-        checks = [measure(snn, x, timesteps, table.metric)] if any(r != 1.0 for r in chosen.values()) else []
-    after = checks[-1] if checks else {"divergence": table.baseline_divergence, "sops": table.baseline_sops}
-    snn.info["ssc"] = {"tau": tau, "cost": cost, "recorrected": correction if checks else None, "scales": chosen,
+        original = threshold_state(snn)
+        try:
+            chosen = choose_scales(table, tau, cost=cost)
+            apply_corrected(snn, chosen, x, timesteps, correction)
+            checks = [measure(snn, x, timesteps, table.metric)] if any(r != 1.0 for r in chosen.values()) else []
+        except BaseException:
+            restore_thresholds(snn, original)
+            raise
+    scaled = any(r != 1.0 for r in chosen.values())
+    # what is kept: the last check, or the unscaled model when the search fell back to it
+    after = checks[-1] if scaled else {"divergence": table.baseline_divergence, "sops": table.baseline_sops}
+    snn.info["ssc"] = {"tau": tau, "cost": cost, "recorrected": correction if scaled else None, "scales": chosen,
                        "calibration": {"divergence_before": table.baseline_divergence,
                                        "divergence_after": after["divergence"],
                                        "sops_before": table.baseline_sops, "sops_after": after["sops"]},
@@ -205,13 +216,23 @@ def apply_corrected(snn: SpikingModel, chosen: dict[str, float], x: Tensor, time
 
 @torch.no_grad()
 def apply_verified(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor, timesteps: int,
-                   cost: str = "spikes", correction: str | None = None
+                   cost: str = "sops", correction: str | None = None
                    ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Apply :func:`choose_scales` for ``tau`` (and ``correction`` again, if given); while the
     combination's divergence on ``x`` exceeds ``(1 + tau) * S_base``, undo it and re-solve with half the
     allowance (at last: no scaling). Returns the scales kept and the checks made (allowance tried,
     divergence measured)."""
     original = threshold_state(snn)
+    try:
+        return _search(snn, table, tau, x, timesteps, cost, correction, original)
+    except BaseException:  # an error or Ctrl-C half-way leaves the model as it was
+        restore_thresholds(snn, original)
+        raise
+
+
+def _search(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor, timesteps: int, cost: str,
+            correction: str | None, original: dict[str, tuple[Tensor, Tensor, Tensor]]
+            ) -> tuple[dict[str, float], list[dict[str, float]]]:
     chosen = choose_scales(table, tau, cost=cost)
     apply_corrected(snn, chosen, x, timesteps, correction)
     checks: list[dict[str, float]] = []
