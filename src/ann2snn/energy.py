@@ -357,9 +357,7 @@ class SynapticCounter:
             self.flush()  # 1-bit spikes are summed in uint8: flush before a count could overflow
         pending = self._pending
         for mod in self._neuron_mods:
-            s = mod.last_spikes
-            if mod.signed:  # a negative spike is a synaptic event too
-                s = s.abs()
+            s = mod.spike_events()
             buf = pending.get(mod.name)
             if buf is None:  # bool spikes sum in uint8: a third of the memory traffic of float32
                 pending[mod.name] = s.to(torch.uint8 if s.dtype == torch.bool else mod.threshold.dtype)

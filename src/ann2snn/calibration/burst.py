@@ -67,9 +67,27 @@ class _SpikeTally:
         self.totals = {name: 0.0 for name in self.neurons}
 
     def __call__(self, snn: SpikingModel) -> None:
-        for name, mod in self.neurons.items():  # a negative spike is a spike too (signed, bipolar)
-            s = mod.last_spikes
-            self.totals[name] += float(s.abs().sum() if mod.signed else s.sum())
+        for name, mod in self.neurons.items():
+            self.totals[name] += float(mod.spike_events().sum())
+
+
+def priced_run(snn: SpikingModel, x: Tensor, timesteps: int
+               ) -> tuple[Any, dict[str, float], dict[str, float], dict[str, float], float]:
+    """A counted run: its output, each layer's spikes, the SOPs each layer's spikes caused and the
+    spikes of the same steps (both since the counter's last flush), and the SOPs of the whole run
+    summed over the batch. Prices are :func:`prices` of the middle two, after any reduction."""
+    from ..energy import SynapticCounter
+
+    with SynapticCounter(snn) as counter:
+        out, tally = simulate_with_tally(snn, x, timesteps)
+        caused, window = counter.attribute(), counter.pending_spikes()
+        sops = counter.report().sops * x.shape[0]
+    return out, tally, caused, window, sops
+
+
+def prices(caused: Sequence[float], window: Sequence[float]) -> list[float]:
+    """SOPs per spike, layer by layer (0 for a layer that did not fire)."""
+    return [c / b if b > 0 else 0.0 for c, b in zip(caused, window, strict=True)]
 
 
 def simulate_with_tally(snn: SpikingModel, x: Tensor, timesteps: int) -> tuple[Any, dict[str, float]]:
@@ -128,11 +146,7 @@ def sensitivity_table(
     try:
         for n in neurons.values():
             n.set_cap(target_cap)
-        from ..energy import SynapticCounter
-
-        with SynapticCounter(snn) as counter:  # the baseline run also prices each layer's spikes
-            _, base = simulate_with_tally(snn, x, timesteps)
-            caused, window = counter.attribute(), counter.pending_spikes()
+        _, base, caused, window, _ = priced_run(snn, x, timesteps)  # the baseline also prices spikes
         jobs = [(name, m) for name in neurons for m in caps]
         div_sums, div_counts, job_spikes = [], [], []
         for name, m in bar(jobs, len(jobs), "burst sensitivity", progress):
@@ -155,8 +169,7 @@ def sensitivity_table(
                            *(window[n] for n in names), x.shape[0]])
     job_spikes, base_layers = totals[:k * L], totals[k * L:k * L + L]
     caused_layers, window_layers = totals[k * L + L:k * L + 2 * L], totals[k * L + 2 * L:-1]
-    # the SOPs attributed and the spikes that caused them cover the same steps (since the last flush)
-    per_spike = [c / b if b > 0 else 0.0 for c, b in zip(caused_layers, window_layers, strict=True)]
+    per_spike = prices(caused_layers, window_layers)
     sens = [divs[i * k:(i + 1) * k] for i in range(L)]
     spikes = [job_spikes[i * k:(i + 1) * k] for i in range(L)]
     return SensitivityTable(names, list(caps), sens, spikes, target_cap, initial_cap, sum(base_layers), metric,

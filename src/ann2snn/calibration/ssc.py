@@ -26,6 +26,8 @@ from ..model import SpikingModel
 from .burst import (
     _first_tensor,
     divergence_sum,
+    priced_run,
+    prices,
     reduce_means,
     resolve_metric,
     simulate_with_tally,
@@ -68,20 +70,14 @@ def ssc_table(snn: SpikingModel, x: Tensor, timesteps: int, scales: Sequence[flo
     neurons = snn.neurons()
     ann = _first_tensor(snn.analog(x, "relu"))
     metric = resolve_metric(metric, ann)
-    from ..energy import SynapticCounter
-
-    with SynapticCounter(snn) as counter:  # the baseline run also prices each layer's spikes
-        out, base = simulate_with_tally(snn, x, timesteps)
-        caused, window = counter.attribute(), counter.pending_spikes()
-        base_sops = counter.report().sops * x.shape[0]
+    out, base, caused, window, base_sops = priced_run(snn, x, timesteps)  # the baseline also prices spikes
     base_sum, base_count = divergence_sum(_first_tensor(out), ann, metric)
     div_sums, div_counts, job_spikes = [], [], []
     jobs = [(name, r) for name in neurons for r in scales]
     for name, r in bar(jobs, len(jobs), "spike compression", progress):
         neuron = neurons[name]
         original = neuron.threshold.clone(), neuron.v0_offset.clone()
-        neuron.threshold.mul_(r)
-        neuron.v0_offset.mul_(r)  # as apply_scales does: the table measures what is applied
+        apply_scales(snn, {name: r})  # the table measures what is applied
         try:
             out, tally = simulate_with_tally(snn, x, timesteps)
         finally:
@@ -100,8 +96,7 @@ def ssc_table(snn: SpikingModel, x: Tensor, timesteps: int, scales: Sequence[flo
     *totals, base_sops, samples = totals
     job_spikes, layer_spikes = totals[:-3 * L], totals[-3 * L:-2 * L]
     layer_sops, window_spikes = totals[-2 * L:-L], totals[-L:]
-    # the SOPs attributed and the spikes that caused them cover the same steps (since the last flush)
-    per_spike = [c / b if b > 0 else 0.0 for c, b in zip(layer_sops, window_spikes, strict=True)]
+    per_spike = prices(layer_sops, window_spikes)
     k = len(scales)
     rows = range(L)
     return SSCTable(names, [float(r) for r in scales], [divs[i * k:(i + 1) * k] for i in rows],
@@ -167,17 +162,7 @@ def compress(snn: SpikingModel, x: Tensor, tau: float, timesteps: int | None = N
     correction = None if correction in (None, "none") else correction
     x = x.to(snn.device)
     table = ssc_table(snn, x, timesteps, scales, metric, progress)
-    if verify:
-        chosen, checks = apply_verified(snn, table, tau, x, timesteps, cost=cost, correction=correction)
-    else:
-        original = threshold_state(snn)
-        try:
-            chosen = choose_scales(table, tau, cost=cost)
-            apply_corrected(snn, chosen, x, timesteps, correction)
-            checks = [measure(snn, x, timesteps, table.metric)] if any(r != 1.0 for r in chosen.values()) else []
-        except BaseException:
-            restore_thresholds(snn, original)
-            raise
+    chosen, checks = apply_verified(snn, table, tau, x, timesteps, cost=cost, correction=correction, verify=verify)
     scaled = any(r != 1.0 for r in chosen.values())
     # what is kept: the last check, or the unscaled model when the search fell back to it
     after = checks[-1] if scaled else {"divergence": table.baseline_divergence, "sops": table.baseline_sops}
@@ -216,28 +201,30 @@ def apply_corrected(snn: SpikingModel, chosen: dict[str, float], x: Tensor, time
 
 @torch.no_grad()
 def apply_verified(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor, timesteps: int,
-                   cost: str = "sops", correction: str | None = None
+                   cost: str = "sops", correction: str | None = None, verify: bool = True
                    ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Apply :func:`choose_scales` for ``tau`` (and ``correction`` again, if given); while the
     combination's divergence on ``x`` exceeds ``(1 + tau) * S_base``, undo it and re-solve with half the
     allowance (at last: no scaling). Returns the scales kept and the checks made (allowance tried,
-    divergence measured)."""
+    divergence measured). ``verify=False``: the DP's first choice is kept, measured once."""
     original = threshold_state(snn)
     try:
-        return _search(snn, table, tau, x, timesteps, cost, correction, original)
+        return _search(snn, table, tau, x, timesteps, cost, correction, original, verify)
     except BaseException:  # an error or Ctrl-C half-way leaves the model as it was
         restore_thresholds(snn, original)
         raise
 
 
 def _search(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor, timesteps: int, cost: str,
-            correction: str | None, original: dict[str, tuple[Tensor, Tensor, Tensor]]
+            correction: str | None, original: dict[str, tuple[Tensor, Tensor, Tensor]], verify: bool
             ) -> tuple[dict[str, float], list[dict[str, float]]]:
     chosen = choose_scales(table, tau, cost=cost)
     apply_corrected(snn, chosen, x, timesteps, correction)
     checks: list[dict[str, float]] = []
     if tau <= 0 or all(r == 1.0 for r in chosen.values()):
         return chosen, checks
+    if not verify:
+        return chosen, [measure(snn, x, timesteps, table.metric)]
     ann = _first_tensor(snn.analog(x, "relu"))
     limit = (1.0 + tau) * table.baseline_divergence
     budget = tau

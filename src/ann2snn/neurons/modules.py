@@ -182,6 +182,10 @@ class SpikingNeuron(StatefulModule):
         self.last_spikes = spikes
         return out
 
+    def spike_events(self) -> Tensor:
+        """This step's spikes as events: a negative spike (signed, bipolar) is an event too."""
+        return self.last_spikes.abs() if self.signed else self.last_spikes
+
     def _signed(self, v: Tensor, theta: Tensor, spikes: Tensor) -> Tensor:
         """Add negative spikes where ``v < 0``: ``ceil(-v / theta)``, at most ``cap`` and the net count."""
         spikes = spikes.to(v.dtype)
