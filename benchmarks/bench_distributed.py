@@ -28,6 +28,7 @@ import torch.multiprocessing as mp
 from common import provenance, save, setup_classifier
 
 import ann2snn
+from ann2snn import distributed as D
 from ann2snn.evaluation import evaluate_classifier
 
 
@@ -49,8 +50,7 @@ def worker(rank: int, world: int, threads: int, args: dict, init_file: str, out:
     result = evaluate_classifier(snn, (xt, yt), args["timesteps"], batch_size=args["batch"], progress=False)
     t2 = time.perf_counter()
     if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+        D.shutdown()  # a barrier, then destroy
     if rank == 0:
         Path(out).write_text(json.dumps({
             "calibration_s": t1 - t0, "evaluation_s": t2 - t1, "total_s": t2 - t0,

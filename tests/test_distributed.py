@@ -80,8 +80,10 @@ def _worker(rank, init_file, out_dir):
         assert D.is_distributed() and D.world_size() == WORLD and D.rank() == rank
         model, xc, xt, yt = model_and_data()
         torch.save(measure(model, xc, xt, yt), os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        D.shutdown(sync=False)
+        raise
+    D.shutdown()  # waits for the peer before tearing down gloo's connections
 
 
 def assert_close(a, b, path="", exact=False):

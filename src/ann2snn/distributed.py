@@ -80,11 +80,18 @@ def init_from_env(backend: str | None = None) -> bool:
     return True
 
 
-def shutdown() -> None:
-    """Leave the process group if this process is in one."""
+def shutdown(sync: bool = True) -> None:
+    """Leave the process group if this process is in one.
+
+    With ``sync`` (the normal end of a run) every rank first waits for the others, so that no rank tears
+    its connections down while a peer is still finishing: gloo can abort the peer (``terminate called
+    without an active exception``) otherwise. Pass ``sync=False`` on an error path, where a peer may
+    never arrive."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if sync and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -65,9 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         D.init_from_env()  # launched by torchrun: join the process group (no-op otherwise)
         try:
-            return int(args.run(args) or 0)
-        finally:
-            D.shutdown()
+            code = int(args.run(args) or 0)
+        except BaseException:
+            D.shutdown(sync=False)  # a peer may never reach a barrier
+            raise
+        D.shutdown()
+        return code
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
