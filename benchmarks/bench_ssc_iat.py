@@ -82,6 +82,9 @@ def main(argv=None) -> int:
                    help="candidate scales: the paper's 0.5 steps or the library's default (0.25 steps up to 2)")
     p.add_argument("--ssc-costs", nargs="+", default=["spikes"], choices=["spikes", "sops"],
                    help="what the DP minimises: each layer's spikes (the paper) or the SOPs they cause")
+    p.add_argument("--ssc-refines", type=int, nargs="+", default=[3],
+                   help="verified variants: bisection steps after the first allowance that holds (0: halving only, "
+                        "the search before this option; 3: the library's default)")
     p.add_argument("--out", default="ssc_iat")
     p.add_argument("--adapt-samples", type=int, default=128,
                    help="calibration images for AdaFire, corrections and SSC (the config's adapt_samples)")
@@ -109,11 +112,15 @@ def main(argv=None) -> int:
             for grid in args.ssc_grids:
                 taus = [t for t in args.taus if t > 0]
                 table = ssc_table(snn, x_adapt, args.ssc_t, GRIDS[grid]) if taus else None
-                for tau, cost, variant in itertools.product(taus, args.ssc_costs, dict.fromkeys(variants)):
+                runs = [(tau, cost, variant, refine) for tau, cost, variant, refine
+                        in itertools.product(taus, args.ssc_costs, dict.fromkeys(variants), args.ssc_refines)
+                        if variant.startswith("verified") or refine == args.ssc_refines[0]]
+                for tau, cost, variant, refine in runs:
                     key = " ".join([str(tau)] + ([] if grid == "paper" else [f"{grid} grid"])
-                                   + ([] if (variant, cost) == ("plain", "spikes") else [cost, variant]))
+                                   + ([] if (variant, cost) == ("plain", "spikes") else [cost, variant])
+                                   + ([f"refine {refine}"] if variant.startswith("verified") and refine != 3 else []))
                     entry["ssc"][key] = _ssc_row(snn, table, original, tau, xt, yt, args.ssc_t, name, x_adapt,
-                                                 cost, variant, base.get("correction"))
+                                                 cost, variant, base.get("correction"), refine)
                     entry["ssc"][key]["grid"] = grid
                     save(args.out, {**results, "models": {**results["models"], name: entry}})
         for T in args.iat_ts:
@@ -143,21 +150,22 @@ def main(argv=None) -> int:
     return 0
 
 
-def _ssc_row(snn, table, original, tau, xt, yt, T, name, xc, cost, variant, correction):
+def _ssc_row(snn, table, original, tau, xt, yt, T, name, xc, cost, variant, correction, refine=3):
     restore_thresholds(snn, original)
     correction = correction if "recorrected" in variant else None
     if tau == 0:
         scales = {n: 1.0 for n in snn.neurons()}
     elif variant.startswith("verified"):
-        scales, _ = apply_verified(snn, table, tau, xc, T, cost=cost, correction=correction)
+        scales, _ = apply_verified(snn, table, tau, xc, T, cost=cost, correction=correction, refine=refine)
     else:
         scales = choose_scales(table, tau, cost=cost)
         apply_corrected(snn, scales, xc, T, correction)
     res = evaluate_classifier(snn, (xt, yt), T, ceiling_at=[T], batch_size=250)
-    print(f"{name} SSC T={T} tau={tau:<5} {cost:6s} {variant:21s} acc {res.accuracy * 100:5.1f}  SOPs "
+    print(f"{name} SSC T={T} tau={tau:<5} {cost:6s} {variant:21s} refine {refine} acc {res.accuracy * 100:5.1f}  SOPs "
           f"{res.energy.sops:12,.0f}  saving {res.energy.saving * 100:5.1f} %  scales {scales}", flush=True)
     return {"accuracy": res.accuracy, "sops": res.energy.sops, "spikes": res.energy.spikes,
-            "saving": res.energy.saving, "scales": scales, "cost": cost, "variant": variant}
+            "saving": res.energy.saving, "scales": scales, "cost": cost, "variant": variant,
+            "refine": refine if variant.startswith("verified") else None}
 
 
 if __name__ == "__main__":

@@ -123,9 +123,13 @@ def test_ssc_combination_is_verified_against_the_allowance(digits, tau):
     # on the calibration data (or nothing is scaled)
     assert total / count <= (1 + tau) * base + 1e-9 or all(r == 1.0 for r in scales.values())
     if info["checks"]:
-        assert info["checks"][0]["tau"] == tau
-        assert all(b["tau"] < a["tau"] for a, b in zip(info["checks"], info["checks"][1:], strict=False))
-        # what the report shows is the last check: the model kept, measured on the calibration data
+        assert info["checks"][0]["tau"] == tau and all(c["tau"] <= tau for c in info["checks"])
+        kept = [c for c in info["checks"] if c["kept"]]
+        passing = [c for c in info["checks"] if c["passed"]]
+        assert len(kept) == (1 if passing else 0)
+        if kept:  # the cheapest combination that respects the allowance
+            assert kept[0]["sops"] == min(c["sops"] for c in passing)
+        # what the report shows is the kept check: the model kept, measured on the calibration data
         assert info["calibration"]["divergence_after"] == pytest.approx(total / count, rel=1e-5)
         with SynapticCounter(snn) as c:
             snn.run(x, 8)
@@ -227,7 +231,9 @@ def test_ssc_backs_off_when_one_layer_measurements_understate_the_combination(di
     assert all(r == max(ssc.DEFAULT_SCALES) for r in unverified.values())
     chosen = ssc.compress(snn, xtr[:128], 0.5, 8)
     checks = snn.info["ssc"]["checks"]
-    assert len(checks) >= 2 and checks[0]["divergence"] > 1.5 * snn.info["ssc"]["table"]["baseline_divergence"]
+    # the same combination is run once, however many allowances the DP gives it for
+    assert len(checks) == 1 and checks[0]["divergence"] > 1.5 * snn.info["ssc"]["table"]["baseline_divergence"]
+    assert not checks[0]["passed"] and not checks[0]["kept"]
     # nothing respects the allowance when every layer is at its largest scale: back to the plain thresholds
     assert all(r == 1.0 for r in chosen.values())
     info = snn.info["ssc"]  # and the report describes the model kept, not the last rejected one
@@ -248,3 +254,42 @@ def test_ssc_prices_do_not_depend_on_counter_flushes(digits):
     long = ssc_table(snn, xtr[:32], 300, scales=[1.0]).sops_per_spike
     assert all(p > 0 for p in short)
     assert all(abs(a - b) <= 0.1 * b for a, b in zip(long, short, strict=True)), (short, long)
+
+
+def test_ssc_search_bisects_to_the_cheapest_combination_within_the_allowance(digits, monkeypatch):
+    """Combinations twice as harmful as the one-layer table says: the full allowance fails, half passes,
+    and the search then tries allowances in between, keeping the passing one with the fewest SOPs."""
+    import ann2snn.calibration.ssc as ssc
+
+    model, xtr, _, _, _ = digits
+    snn = ann2snn.convert(model, xtr[:256], threshold="mse", timesteps=8)
+    x = xtr[:64]
+    table = ssc.ssc_table(snn, x, 8)
+    base = {n: m.threshold.clone() for n, m in snn.neurons().items()}
+
+    def scales_in_use():
+        return {n: float((m.threshold / base[n]).flatten()[0]) for n, m in snn.neurons().items()}
+
+    def twice_as_harmful(snn_, x_, timesteps, metric, ann=None, spikes=False):
+        idx = {n: min(range(len(table.scales)), key=lambda i: abs(table.scales[i] - r))
+               for n, r in scales_in_use().items()}
+        rows = {n: i for i, n in enumerate(table.layers)}
+        rise = sum(max(table.divergence[rows[n]][i] - table.baseline_divergence, 0.0) for n, i in idx.items())
+        sops = sum(table.spikes[rows[n]][i] * table.sops_per_spike[rows[n]] for n, i in idx.items())
+        return {"divergence": table.baseline_divergence + 2 * rise, "sops": sops}
+
+    monkeypatch.setattr(ssc, "measure", twice_as_harmful)
+    tau = 4.0
+    chosen, checks = ssc.apply_verified(snn, table, tau, x, 8, cost="sops", correction=None, refine=3)
+    assert not checks[0]["passed"] and checks[0]["tau"] == tau
+    taus = [c["tau"] for c in checks]
+    first_pass = next(c["tau"] for c in checks if c["passed"])
+    assert any(first_pass < t < tau for t in taus), taus  # refined above the first allowance that held
+    assert len(checks) <= 1 + 6 + 3  # halvings to tau / 64, then three bisection steps at most
+    passing = [c for c in checks if c["passed"]]
+    kept = [c for c in checks if c["kept"]]
+    assert len(kept) == 1 and kept[0]["sops"] == min(c["sops"] for c in passing)
+    assert kept[0]["divergence"] <= (1 + tau) * table.baseline_divergence
+    # the model holds the kept combination (not the last one tried)
+    assert scales_in_use() == pytest.approx(chosen) and chosen != {n: 1.0 for n in table.layers}
+    assert twice_as_harmful(snn, x, 8, table.metric)["sops"] == pytest.approx(kept[0]["sops"])

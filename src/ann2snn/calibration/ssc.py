@@ -142,7 +142,7 @@ def apply_scales(snn: SpikingModel, scales: dict[str, float]) -> None:
 def compress(snn: SpikingModel, x: Tensor, tau: float, timesteps: int | None = None,
              scales: Sequence[float] = DEFAULT_SCALES, metric: str = "auto",
              progress: bool | None = None, verify: bool = True, cost: str = "sops",
-             correction: str | None = "auto") -> dict[str, float]:
+             correction: str | None = "auto", refine: int = 3) -> dict[str, float]:
     """Run SSC on ``snn`` in place with calibration inputs ``x``; returns the chosen scales.
 
     ``cost``: the DP minimises the SOPs the layers' spikes cause (default) or their ``"spikes"``.
@@ -154,7 +154,9 @@ def compress(snn: SpikingModel, x: Tensor, tau: float, timesteps: int | None = N
     chosen combination need not add up as the DP assumes. With ``verify`` (the default) the combination
     (corrected again) is run on ``x``; while its divergence exceeds ``(1 + tau) * S_base`` the DP is
     re-solved with half the allowance (down to no scaling), so the allowance holds on the calibration
-    data as a whole.
+    data as a whole. Once an allowance passes, ``refine`` more checks bisect between it and the
+    smallest allowance that failed, and the passing combination with the fewest SOPs (or spikes)
+    measured is kept: halving alone can give a larger tau less compression than a smaller one.
     """
     timesteps = timesteps or snn.config.timesteps
     if correction == "auto":
@@ -162,10 +164,11 @@ def compress(snn: SpikingModel, x: Tensor, tau: float, timesteps: int | None = N
     correction = None if correction in (None, "none") else correction
     x = x.to(snn.device)
     table = ssc_table(snn, x, timesteps, scales, metric, progress)
-    chosen, checks = apply_verified(snn, table, tau, x, timesteps, cost=cost, correction=correction, verify=verify)
+    chosen, checks = apply_verified(snn, table, tau, x, timesteps, cost=cost, correction=correction, verify=verify, refine=refine)
     scaled = any(r != 1.0 for r in chosen.values())
-    # what is kept: the last check, or the unscaled model when the search fell back to it
-    after = checks[-1] if scaled else {"divergence": table.baseline_divergence, "sops": table.baseline_sops}
+    # what is kept: the check marked kept, or the unscaled model when the search fell back to it
+    kept = [c for c in checks if c.get("kept")]
+    after = kept[-1] if scaled and kept else {"divergence": table.baseline_divergence, "sops": table.baseline_sops}
     snn.info["ssc"] = {"tau": tau, "cost": cost, "recorrected": correction if scaled else None, "scales": chosen,
                        "calibration": {"divergence_before": table.baseline_divergence,
                                        "divergence_after": after["divergence"],
@@ -175,18 +178,21 @@ def compress(snn: SpikingModel, x: Tensor, tau: float, timesteps: int | None = N
 
 
 @torch.no_grad()
-def measure(snn: SpikingModel, x: Tensor, timesteps: int, metric: str, ann: Tensor | None = None) -> dict[str, float]:
-    """The output divergence from the ANN and the SOPs per sample of ``snn`` as it is, on ``x``."""
+def measure(snn: SpikingModel, x: Tensor, timesteps: int, metric: str, ann: Tensor | None = None,
+            spikes: bool = False) -> dict[str, float]:
+    """The output divergence from the ANN and the SOPs per sample of ``snn`` as it is, on ``x`` (and,
+    with ``spikes``, the spikes per sample)."""
     from ..energy import SynapticCounter
 
     if ann is None:
         ann = _first_tensor(snn.analog(x, "relu"))
     with SynapticCounter(snn) as counter:
         out = snn.run(x, timesteps)
-        sops = counter.report().sops * x.shape[0]
+        report = counter.report()
+    values = [report.sops * x.shape[0]] + ([report.spikes * x.shape[0]] if spikes else [])
     total, count = divergence_sum(_first_tensor(out), ann, metric)
-    div, sops = reduce_means([total, sops], [count, x.shape[0]])
-    return {"divergence": div, "sops": sops}
+    reduced = reduce_means([total, *values], [count] + [x.shape[0]] * len(values))
+    return dict(zip(["divergence", "sops", "spikes"], reduced, strict=False))
 
 
 def apply_corrected(snn: SpikingModel, chosen: dict[str, float], x: Tensor, timesteps: int,
@@ -201,44 +207,75 @@ def apply_corrected(snn: SpikingModel, chosen: dict[str, float], x: Tensor, time
 
 @torch.no_grad()
 def apply_verified(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor, timesteps: int,
-                   cost: str = "sops", correction: str | None = None, verify: bool = True
-                   ) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Apply :func:`choose_scales` for ``tau`` (and ``correction`` again, if given); while the
-    combination's divergence on ``x`` exceeds ``(1 + tau) * S_base``, undo it and re-solve with half the
-    allowance (at last: no scaling). Returns the scales kept and the checks made (allowance tried,
-    divergence measured). ``verify=False``: the DP's first choice is kept, measured once."""
+                   cost: str = "sops", correction: str | None = None, verify: bool = True, refine: int = 3
+                   ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Apply :func:`choose_scales` for ``tau`` (and ``correction`` again, if given) and check the
+    combination on ``x``: its divergence must stay within ``(1 + tau) * S_base``. While no allowance
+    has passed, the next is half the last (down to tau / 64, then no scaling); once one has, ``refine``
+    more checks bisect between the largest allowance that passed and the smallest that failed. The
+    passing combination with the lowest measured cost is kept. Returns the scales kept and the checks
+    made (allowance tried, divergence and SOPs measured, passed, kept). ``verify=False``: the DP's
+    first choice is kept, measured once."""
     original = threshold_state(snn)
     try:
-        return _search(snn, table, tau, x, timesteps, cost, correction, original, verify)
+        return _search(snn, table, tau, x, timesteps, cost, correction, original, verify, refine)
     except BaseException:  # an error or Ctrl-C half-way leaves the model as it was
         restore_thresholds(snn, original)
         raise
 
 
 def _search(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor, timesteps: int, cost: str,
-            correction: str | None, original: dict[str, tuple[Tensor, Tensor, Tensor]], verify: bool
-            ) -> tuple[dict[str, float], list[dict[str, float]]]:
+            correction: str | None, original: dict[str, tuple[Tensor, Tensor, Tensor]], verify: bool,
+            refine: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    unscaled = {n: 1.0 for n in table.layers}
     chosen = choose_scales(table, tau, cost=cost)
+    if tau <= 0 or chosen == unscaled:
+        return unscaled, []
     apply_corrected(snn, chosen, x, timesteps, correction)
-    checks: list[dict[str, float]] = []
-    if tau <= 0 or all(r == 1.0 for r in chosen.values()):
-        return chosen, checks
     if not verify:
-        return chosen, [measure(snn, x, timesteps, table.metric)]
+        return chosen, [{"tau": tau, **measure(snn, x, timesteps, table.metric), "passed": None, "kept": True}]
     ann = _first_tensor(snn.analog(x, "relu"))
     limit = (1.0 + tau) * table.baseline_divergence
-    budget = tau
+    key = "sops" if cost == "sops" else "spikes"
+    checks: list[dict[str, Any]] = []
+    seen: dict[tuple[float, ...], dict[str, Any]] = {}
+    best: tuple[dict[str, Any], dict[str, float], dict[str, tuple[Tensor, Tensor, Tensor]]] | None = None
+    passed, failed, budget = 0.0, tau, tau
     while True:
-        check = {"tau": budget, **measure(snn, x, timesteps, table.metric, ann)}
-        checks.append(check)
-        if check["divergence"] <= limit:
-            return chosen, checks
-        budget /= 2
+        signature = tuple(chosen[n] for n in table.layers)
+        check = seen.get(signature)
+        if check is None:  # a new combination (the DP gives the same one for nearby allowances)
+            if checks:
+                restore_thresholds(snn, original)
+                apply_corrected(snn, chosen, x, timesteps, correction)
+            measured = measure(snn, x, timesteps, table.metric, ann, spikes=key == "spikes")
+            check = {"tau": budget, **measured, "passed": measured["divergence"] <= limit, "kept": False}
+            checks.append(check)
+            seen[signature] = check
+            if check["passed"] and (best is None or check[key] < best[0][key]):
+                best = (check, chosen, threshold_state(snn))
+        if check["passed"]:
+            passed = max(passed, budget)
+        else:
+            failed = min(failed, budget)
+        if best is None:
+            if budget <= tau / 64:
+                break
+            budget /= 2
+        else:
+            if budget == tau or refine <= 0:
+                break
+            refine -= 1
+            budget = (passed + failed) / 2
+        chosen = choose_scales(table, budget, cost=cost)
+        if chosen == unscaled:
+            break
+    if best is None:
         restore_thresholds(snn, original)
-        chosen = choose_scales(table, budget, cost=cost) if budget > tau / 64 else {n: 1.0 for n in table.layers}
-        apply_corrected(snn, chosen, x, timesteps, correction)
-        if all(r == 1.0 for r in chosen.values()):
-            return chosen, checks
+        return unscaled, checks
+    best[0]["kept"] = True
+    restore_thresholds(snn, best[2])
+    return best[1], checks
 
 
 def threshold_state(snn: SpikingModel) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
