@@ -132,6 +132,8 @@ def test_report_shows_spike_compression(capsys, weights, tmp_path):
     assert "## Spike compression (SSC)" in page and "| SSC scale |" in page
     change = f"{(ssc['calibration']['sops_after'] / ssc['calibration']['sops_before'] - 1) * 100:+.1f} %"
     assert change in page
+    kept = next(c for c in ssc["checks"] if c["kept"])  # how the combination was found
+    assert f"{len(ssc['checks'])} combination" in page and f"allowance {kept['tau']:.3g}" in page
     for name, r in ssc["scales"].items():  # each layer's row carries its scale
         assert any(line.startswith(f"| {name} |") and f"| {r:g} |" in line for line in page.splitlines()), name
 

@@ -219,6 +219,13 @@ def _ssc_section(ssc: dict[str, Any]) -> list[tuple[str, Any]]:
             f"{len(ssc['scales'])} layers scaled")
     if ssc.get("recorrected"):
         text += f", {ssc['recorrected']} correction measured again after scaling"
+    checks = ssc.get("checks") or []
+    if any(c.get("passed") is not None for c in checks):  # verified: say how the combination was found
+        kept = [c for c in checks if c.get("kept")]
+        text += (f". {len(checks)} combination{'s' if len(checks) != 1 else ''} checked on the calibration samples "
+                 f"against the limit (1 + tau) x the unscaled divergence; ")
+        text += (f"kept the cheapest that holds, chosen by the DP at allowance {kept[0]['tau']:.3g}" if kept
+                 else "none held, so no layer is scaled")
     items.append(("p", text + "."))
     cal = ssc.get("calibration")
     if cal and cal.get("sops_before"):
