@@ -103,6 +103,13 @@ def test_ssc_corrects_again_after_scaling(digits):
         errs = [corr._measure(snn, x, 8, n, reference[n]) for n in snn.neurons()]
         mean_errors[mode] = sum(float(corr._channel_mean(e, True).abs().mean()) for e in errs)
         assert snn.info["ssc"]["recorrected"] == (None if mode == "none" else "light")
+        log = snn.info["ssc"]["correction"]  # the correction of the kept thresholds, as measured
+        if mode == "none":
+            assert log is None
+        else:
+            assert list(log) == list(snn.neurons())
+            assert sum(v["mean_error_after"] for v in log.values()) == pytest.approx(mean_errors[mode], rel=1e-4)
+    assert "correction" not in str(snn.info["ssc"]["checks"])
     assert mean_errors["auto"] < 0.7 * mean_errors["none"]
 
 

@@ -169,7 +169,13 @@ def compress(snn: SpikingModel, x: Tensor, tau: float, timesteps: int | None = N
     # what is kept: the check marked kept, or the unscaled model when the search fell back to it
     kept = [c for c in checks if c.get("kept")]
     after = kept[-1] if scaled and kept else {"divergence": table.baseline_divergence, "sops": table.baseline_sops}
-    snn.info["ssc"] = {"tau": tau, "cost": cost, "recorrected": correction if scaled else None, "scales": chosen,
+    # the correction measured for the kept thresholds (per layer, as info["correction"] has it for the
+    # unscaled ones)
+    recorrection = kept[-1].get("correction") if scaled and kept else None
+    for c in checks:
+        c.pop("correction", None)
+    snn.info["ssc"] = {"tau": tau, "cost": cost, "recorrected": correction if scaled else None,
+                       "correction": recorrection, "scales": chosen,
                        "calibration": {"divergence_before": table.baseline_divergence,
                                        "divergence_after": after["divergence"],
                                        "sops_before": table.baseline_sops, "sops_after": after["sops"]},
@@ -196,13 +202,15 @@ def measure(snn: SpikingModel, x: Tensor, timesteps: int, metric: str, ann: Tens
 
 
 def apply_corrected(snn: SpikingModel, chosen: dict[str, float], x: Tensor, timesteps: int,
-                    correction: str | None) -> None:
-    """:func:`apply_scales`, then (when anything was scaled) ``correction`` measured again on ``x``."""
+                    correction: str | None) -> dict[str, Any] | None:
+    """:func:`apply_scales`, then (when anything was scaled) ``correction`` measured again on ``x``;
+    returns the correction's per-layer log (``None`` when none ran)."""
     apply_scales(snn, chosen)
     if correction and any(r != 1.0 for r in chosen.values()):
         from .correction import correct
 
-        correct(snn, x, timesteps, correction, snn.config.correction_target)
+        return correct(snn, x, timesteps, correction, snn.config.correction_target)
+    return None
 
 
 @torch.no_grad()
@@ -231,9 +239,10 @@ def _search(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor, timesteps
     chosen = choose_scales(table, tau, cost=cost)
     if tau <= 0 or chosen == unscaled:
         return unscaled, []
-    apply_corrected(snn, chosen, x, timesteps, correction)
+    log = apply_corrected(snn, chosen, x, timesteps, correction)
     if not verify:
-        return chosen, [{"tau": tau, **measure(snn, x, timesteps, table.metric), "passed": None, "kept": True}]
+        return chosen, [{"tau": tau, **measure(snn, x, timesteps, table.metric), "passed": None, "kept": True,
+                         "correction": log}]
     ann = _first_tensor(snn.analog(x, "relu"))
     limit = (1.0 + tau) * table.baseline_divergence
     key = "sops" if cost == "sops" else "spikes"
@@ -247,9 +256,10 @@ def _search(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor, timesteps
         if check is None:  # a new combination (the DP gives the same one for nearby allowances)
             if checks:
                 restore_thresholds(snn, original)
-                apply_corrected(snn, chosen, x, timesteps, correction)
+                log = apply_corrected(snn, chosen, x, timesteps, correction)
             measured = measure(snn, x, timesteps, table.metric, ann, spikes=key == "spikes")
-            check = {"tau": budget, **measured, "passed": measured["divergence"] <= limit, "kept": False}
+            check = {"tau": budget, **measured, "passed": measured["divergence"] <= limit, "kept": False,
+                     "correction": log}
             checks.append(check)
             seen[signature] = check
             if check["passed"] and (best is None or check[key] < best[0][key]):
@@ -275,6 +285,9 @@ def _search(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor, timesteps
         return unscaled, checks
     best[0]["kept"] = True
     restore_thresholds(snn, best[2])
+    for c in checks:  # only the kept combination's correction log is worth keeping
+        if not c["kept"]:
+            c.pop("correction", None)
     return best[1], checks
 
 
