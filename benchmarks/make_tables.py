@@ -80,14 +80,15 @@ def ssc_iat(d: dict) -> list[str]:
         out.append(f"**{model}** (base: {e['base']})")
         out.append("")
         ref = next((r for k, r in e["ssc"].items() if k.split()[0] == "0.0"), None)  # the unscaled model
-        out.append("| SSC tau | accuracy % | SOPs / image | vs tau = 0: points, SOPs | saving vs ANN (45 nm) | scales |")
-        out.append("|---|---|---|---|---|---|")
-        for tau, r in e["ssc"].items():
-            vs = (f"{(r['accuracy'] - ref['accuracy']) * 100:+.2f}, {(r['sops'] / ref['sops'] - 1) * 100:+.1f} %"
-                  if ref else "")
-            out.append(f"| {tau} | {pct(r['accuracy'])} | {r['sops'] / 1e6:.2f} M | {vs} | {pct(r['saving'])} % | "
-                       f"{', '.join(f'{v:g}' for v in r['scales'].values())} |")
-        out.append("")
+        if e["ssc"]:  # --skip-ssc runs have IAT rows only
+            out.append("| SSC tau | accuracy % | SOPs / image | vs tau = 0: points, SOPs | saving vs ANN (45 nm) | scales |")
+            out.append("|---|---|---|---|---|---|")
+            for tau, r in e["ssc"].items():
+                vs = (f"{(r['accuracy'] - ref['accuracy']) * 100:+.2f}, {(r['sops'] / ref['sops'] - 1) * 100:+.1f} %"
+                      if ref else "")
+                out.append(f"| {tau} | {pct(r['accuracy'])} | {r['sops'] / 1e6:.2f} M | {vs} | {pct(r['saving'])} % | "
+                           f"{', '.join(f'{v:g}' for v in r['scales'].values())} |")
+            out.append("")
         if not e["iat"]:
             continue
         out.append("| IAT T | schedule | accuracy % (full run) | mean steps (% of T) | wall time vs full | "
