@@ -401,11 +401,13 @@ OURS = {
 }
 
 
-def _reused_adafire(name: str, test_samples: int) -> dict:
-    """AdaFire+MSE+advanced rows from earlier result files with this model and the same test subset."""
-    rows, sources = {}, {}
-    for f in sorted(RESULTS.glob("adafire*.json")):
-        d = json.loads(f.read_text())
+def _reused_adafire(name: str, test_samples: int, since: str = "") -> dict:
+    """AdaFire+MSE+advanced rows from earlier result files with this model and the same test subset;
+    at each T the newest file's row (the library's defaults change: the newest measures them)."""
+    rows, sources, dates = {}, {}, {}
+    files = [(f, json.loads(f.read_text())) for f in RESULTS.glob("adafire*.json")]
+    files = [(f, d) for f, d in files if d.get("provenance", {}).get("date", "") >= since]
+    for f, d in sorted(files, key=lambda fd: fd[1].get("provenance", {}).get("date", ""), reverse=True):
         e = d.get("models", {}).get(name)
         if not e or e.get("test_samples") != test_samples:
             continue
@@ -417,7 +419,8 @@ def _reused_adafire(name: str, test_samples: int) -> dict:
                 rows[t] = {"accuracy": r["accuracy"], "sops": r["sops"], "macs": r.get("macs"),
                            "ceiling": r.get("ceiling"), "convert_seconds": r.get("convert_seconds")}
                 sources[t] = f"{f.name} (commit {d['provenance'].get('commit')})"
-    return {"rows": rows, "sources": sources}
+                dates[t] = d["provenance"].get("date", "")
+    return {"rows": rows, "sources": sources, "dates": dates}
 
 
 def phase_ours(res, args, name, model, xc, xt, yt):
@@ -454,11 +457,20 @@ def phase_ours(res, args, name, model, xc, xt, yt):
         log(f"{name:<17} ours IF+MSE+light T={t}: " + " ".join(f"{k}:{v['accuracy'] * 100:.1f}" for k, v in got.items()))
         save_results(res, args.argv)
     ada = ours.setdefault("AdaFire+MSE+advanced", {"rows": {}, "sources": {}})
-    reused = _reused_adafire(name, len(yt))
+    dates = ada.setdefault("dates", {})
+    if args.adafire_since:  # rows measured before the library's defaults changed are dropped
+        for t in [t for t in ada["rows"] if dates.get(t, "") < args.adafire_since]:
+            del ada["rows"][t]
+            ada["sources"].pop(t, None)
+            dates.pop(t, None)
+    reused = _reused_adafire(name, len(yt), args.adafire_since or "")
     for t, row in reused["rows"].items():
-        if t not in ada["rows"] and int(t) in args.ts:
+        # a row reused earlier gives way to a newer file's; a row converted here is kept
+        stale = t in ada["rows"] and ada["sources"].get(t, "").startswith("reused from")
+        if (t not in ada["rows"] or stale) and int(t) in args.ts:
             ada["rows"][t] = row
             ada["sources"][t] = "reused from " + reused["sources"][t]
+            dates[t] = reused["dates"][t]
     if args.adafire:
         for t in [t for t in args.ts if t <= args.adafire_tmax]:
             if str(t) in ada["rows"]:
@@ -471,6 +483,7 @@ def phase_ours(res, args, name, model, xc, xt, yt):
             ada["rows"][str(t)] = {"accuracy": r.accuracy, "sops": r.energy.sops, "macs": r.energy.macs,
                                    "convert_seconds": conv}
             ada["sources"][str(t)] = "this run"
+            dates[str(t)] = provenance("")["date"]
             log(f"{name:<17} ours AdaFire+MSE+advanced T={t}: {r.accuracy * 100:.1f} (convert {conv:.0f}s)")
             save_results(res, args.argv)
     save_results(res, args.argv)
@@ -773,6 +786,9 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=3, help="SpikingJelly modes from the screen run on the full subset")
     p.add_argument("--adafire", action="store_true", help="convert AdaFire+MSE+advanced where no result is reused")
     p.add_argument("--adafire-tmax", type=int, default=16)
+    p.add_argument("--adafire-since", default=None,
+                   help="ISO date: drop AdaFire rows measured earlier (reused or converted) and reuse only newer "
+                        "files, e.g. after a change of the library's defaults; missing T are converted with --adafire")
     p.add_argument("--mse-ts", type=int, nargs="+", help="T values converted for IF+MSE+light (default: T <= 32)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="peers", help="results file name in benchmarks/results/ (without .json)")
