@@ -133,7 +133,7 @@ def test_report_shows_spike_compression(capsys, weights, tmp_path):
     change = f"{(ssc['calibration']['sops_after'] / ssc['calibration']['sops_before'] - 1) * 100:+.1f} %"
     assert change in page
     kept = next(c for c in ssc["checks"] if c["kept"])  # how the combination was found
-    assert f"{len(ssc['checks'])} combination" in page and f"allowance {kept['tau']:.3g}" in page
+    assert f". {len(ssc['checks'])} combination" in page and f"allowance {kept['tau']:.3g}" in page
     for name, r in ssc["scales"].items():  # each layer's row carries its scale
         assert any(line.startswith(f"| {name} |") and f"| {r:g} |" in line for line in page.splitlines()), name
 
@@ -410,3 +410,20 @@ def test_usage_errors_are_one_line(capsys):
     for argv in ([], ["frobnicate"], ["convert"], ["evaluate"], ["inspect"]):
         code, _, err = run(capsys, *argv)
         assert_one_line_error(code, err)
+
+
+def test_a_process_group_the_caller_made_is_left_to_the_caller(capsys, tmp_path):
+    """main() joins (and later leaves) a group only when it made one from torchrun's environment; a
+    program that already has a group keeps it after calling the CLI, on success and on error."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        code, _, err = run(capsys, "inspect", "vgg_digits")
+        assert code == 0, err
+        assert dist.is_initialized()
+        code, _, err = run(capsys, "inspect", str(tmp_path / "missing.pt"))
+        assert code != 0 and "ann2snn: error" in err
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()

@@ -90,9 +90,11 @@ def shutdown(sync: bool = True) -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        if sync and dist.get_world_size() > 1:
-            dist.barrier()
-        dist.destroy_process_group()
+        try:
+            if sync and dist.get_world_size() > 1:
+                dist.barrier()
+        finally:  # even when the barrier fails (a peer already gone), leave the group
+            dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -154,8 +154,8 @@ def compress(snn: SpikingModel, x: Tensor, tau: float, timesteps: int | None = N
     chosen combination need not add up as the DP assumes. With ``verify`` (the default) the combination
     (corrected again) is run on ``x``; while its divergence exceeds ``(1 + tau) * S_base`` the DP is
     re-solved with half the allowance (down to no scaling), so the allowance holds on the calibration
-    data as a whole. Once an allowance passes, ``refine`` more checks bisect between it and the
-    smallest allowance that failed, and the passing combination with the fewest SOPs (or spikes)
+    data as a whole. Once an allowance passes, ``refine`` bisection steps try allowances between it
+    and the smallest allowance that failed (a step whose combination was already run costs nothing), and the passing combination with the fewest SOPs (or spikes)
     measured is kept: halving alone can give a larger tau less compression than a smaller one.
     """
     timesteps = timesteps or snn.config.timesteps
@@ -220,8 +220,8 @@ def apply_verified(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor, ti
     """Apply :func:`choose_scales` for ``tau`` (and ``correction`` again, if given) and check the
     combination on ``x``: its divergence must stay within ``(1 + tau) * S_base``. While no allowance
     has passed, the next is half the last (down to tau / 64, then no scaling); once one has, ``refine``
-    more checks bisect between the largest allowance that passed and the smallest that failed. The
-    passing combination with the lowest measured cost is kept. Returns the scales kept and the checks
+    bisection steps try allowances between the largest allowance that passed and the smallest that
+    failed. The passing combination with the lowest measured cost is kept. Returns the scales kept and the checks
     made (allowance tried, divergence and SOPs measured, passed, kept). ``verify=False``: the DP's
     first choice is kept, measured once."""
     original = threshold_state(snn)

@@ -52,8 +52,12 @@ def _message(exc: BaseException) -> str:
     return one_line(str(exc)) or type(exc).__name__
 
 
+_RANK = [0]  # this process's rank while main() runs (kept after the group is left, for the error line)
+
+
 def _error(message: str) -> None:
-    where = f" (rank {D.rank()})" if D.rank() else ""
+    rank = D.rank() or _RANK[0]
+    where = f" (rank {rank})" if rank else ""
     print(f"ann2snn: error{where}: {message}", file=sys.stderr)
 
 
@@ -63,13 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        D.init_from_env()  # launched by torchrun: join the process group (no-op otherwise)
+        # launched by torchrun: join the process group (no-op otherwise); a group the caller made is
+        # the caller's to leave
+        owned = D.init_from_env()
+        _RANK[0] = D.rank()
         try:
             code = int(args.run(args) or 0)
         except BaseException:
-            D.shutdown(sync=False)  # a peer may never reach a barrier
+            if owned:
+                D.shutdown(sync=False)  # a peer may never reach a barrier
             raise
-        D.shutdown()
+        if owned:
+            D.shutdown()
         return code
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
