@@ -418,8 +418,8 @@ def _reused_adafire(name: str, test_samples: int, since: str = "") -> dict:
             if t not in rows:
                 rows[t] = {"accuracy": r["accuracy"], "sops": r["sops"], "macs": r.get("macs"),
                            "ceiling": r.get("ceiling"), "convert_seconds": r.get("convert_seconds")}
-                sources[t] = f"{f.name} (commit {d['provenance'].get('commit')})"
-                dates[t] = d["provenance"].get("date", "")
+                sources[t] = f"{f.name} (commit {d.get('provenance', {}).get('commit')})"
+                dates[t] = d.get("provenance", {}).get("date", "")
     return {"rows": rows, "sources": sources, "dates": dates}
 
 
