@@ -95,7 +95,7 @@ class ThresholdObserver(nn.Module):
         if self.signed:  # the value it observes has no ReLU: it passes unchanged (LTB's clip: symmetric)
             if self.collecting and self.method == "ltb" and self.ltb_forward == "clip" and self.ltb is not None:
                 bound = broadcast_channel(self.ltb, z.ndim).to(z.dtype)
-                return torch.maximum(torch.minimum(z, bound), -bound)
+                return torch.clamp(z, -bound, bound)
             return z
         out = torch.relu(z)
         if self.clip is not None:

@@ -155,8 +155,9 @@ def compress(snn: SpikingModel, x: Tensor, tau: float, timesteps: int | None = N
     (corrected again) is run on ``x``; while its divergence exceeds ``(1 + tau) * S_base`` the DP is
     re-solved with half the allowance (down to no scaling), so the allowance holds on the calibration
     data as a whole. Once an allowance passes, ``refine`` bisection steps try allowances between it
-    and the smallest allowance that failed (a step whose combination was already run costs nothing), and the passing combination with the fewest SOPs (or spikes)
-    measured is kept: halving alone can give a larger tau less compression than a smaller one.
+    and the smallest allowance that failed (a step whose combination was already run costs nothing),
+    and the passing combination with the fewest SOPs (or spikes) measured is kept: halving alone can
+    give a larger tau less compression than a smaller one.
     """
     timesteps = timesteps or snn.config.timesteps
     if correction == "auto":
@@ -164,16 +165,15 @@ def compress(snn: SpikingModel, x: Tensor, tau: float, timesteps: int | None = N
     correction = None if correction in (None, "none") else correction
     x = x.to(snn.device)
     table = ssc_table(snn, x, timesteps, scales, metric, progress)
-    chosen, checks = apply_verified(snn, table, tau, x, timesteps, cost=cost, correction=correction, verify=verify, refine=refine)
+    chosen, checks = apply_verified(snn, table, tau, x, timesteps, cost=cost, correction=correction, verify=verify,
+                                    refine=refine)
     scaled = any(r != 1.0 for r in chosen.values())
     # what is kept: the check marked kept, or the unscaled model when the search fell back to it
     kept = [c for c in checks if c.get("kept")]
     after = kept[-1] if scaled and kept else {"divergence": table.baseline_divergence, "sops": table.baseline_sops}
     # the correction measured for the kept thresholds (per layer, as info["correction"] has it for the
-    # unscaled ones)
-    recorrection = kept[-1].get("correction") if scaled and kept else None
-    for c in checks:
-        c.pop("correction", None)
+    # unscaled ones): moved from the kept check into its own entry
+    recorrection = kept[-1].pop("correction", None) if scaled and kept else None
     snn.info["ssc"] = {"tau": tau, "cost": cost, "recorrected": correction if scaled else None,
                        "correction": recorrection, "scales": chosen,
                        "calibration": {"divergence_before": table.baseline_divergence,
@@ -221,9 +221,10 @@ def apply_verified(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor, ti
     combination on ``x``: its divergence must stay within ``(1 + tau) * S_base``. While no allowance
     has passed, the next is half the last (down to tau / 64, then no scaling); once one has, ``refine``
     bisection steps try allowances between the largest allowance that passed and the smallest that
-    failed. The passing combination with the lowest measured cost is kept. Returns the scales kept and the checks
-    made (allowance tried, divergence and SOPs measured, passed, kept). ``verify=False``: the DP's
-    first choice is kept, measured once."""
+    failed. The passing combination with the lowest measured cost is kept. Returns the scales kept and
+    the checks made (allowance tried, divergence and SOPs measured, passed, kept; the kept one also
+    carries the log of the ``correction`` run for it). ``verify=False``: the DP's first choice is kept,
+    measured once."""
     original = threshold_state(snn)
     try:
         return _search(snn, table, tau, x, timesteps, cost, correction, original, verify, refine)
@@ -248,7 +249,8 @@ def _search(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor, timesteps
     key = "sops" if cost == "sops" else "spikes"
     checks: list[dict[str, Any]] = []
     seen: dict[tuple[float, ...], dict[str, Any]] = {}
-    best: tuple[dict[str, Any], dict[str, float], dict[str, tuple[Tensor, Tensor, Tensor]]] | None = None
+    # the cheapest passing check, its scales, the model state and correction log that go with them
+    best: tuple[dict[str, Any], dict[str, float], dict[str, tuple[Tensor, Tensor, Tensor]], Any] | None = None
     passed, failed, budget = 0.0, tau, tau
     while True:
         signature = tuple(chosen[n] for n in table.layers)
@@ -258,12 +260,11 @@ def _search(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor, timesteps
                 restore_thresholds(snn, original)
                 log = apply_corrected(snn, chosen, x, timesteps, correction)
             measured = measure(snn, x, timesteps, table.metric, ann, spikes=key == "spikes")
-            check = {"tau": budget, **measured, "passed": measured["divergence"] <= limit, "kept": False,
-                     "correction": log}
+            check = {"tau": budget, **measured, "passed": measured["divergence"] <= limit, "kept": False}
             checks.append(check)
             seen[signature] = check
             if check["passed"] and (best is None or check[key] < best[0][key]):
-                best = (check, chosen, threshold_state(snn))
+                best = (check, chosen, threshold_state(snn), log)
         if check["passed"]:
             passed = max(passed, budget)
         else:
@@ -283,11 +284,8 @@ def _search(snn: SpikingModel, table: SSCTable, tau: float, x: Tensor, timesteps
     if best is None:
         restore_thresholds(snn, original)
         return unscaled, checks
-    best[0]["kept"] = True
+    best[0].update(kept=True, correction=best[3])
     restore_thresholds(snn, best[2])
-    for c in checks:  # only the kept combination's correction log is worth keeping
-        if not c["kept"]:
-            c.pop("correction", None)
     return best[1], checks
 
 

@@ -210,7 +210,7 @@ class SpikingNeuron(StatefulModule):
             live = broadcast_channel(self.threshold, x.ndim).to(x.dtype) > 0
             bound = theta * self.cap
             if self.analog == "clip":
-                out = torch.maximum(torch.minimum(x, bound), -bound)
+                out = torch.clamp(x, -bound, bound)
             else:
                 out = torch.sign(x) * NF.quantize(x.abs(), theta, self.quant_timesteps, self.v0, self.cap)
             return torch.where(live, out, torch.zeros_like(out))
