@@ -15,7 +15,8 @@ import torch
 from common import load_pretrained, provenance, save, tensors
 
 import ann2snn
-from ann2snn.calibration.ssc import (
+from ann2snn.adaptation.iat import calibrate_iat, run_iat
+from ann2snn.adaptation.ssc import (
     GRIDS,
     apply_corrected,
     apply_verified,
@@ -26,7 +27,6 @@ from ann2snn.calibration.ssc import (
 )
 from ann2snn.energy import SynapticCounter
 from ann2snn.evaluation import evaluate_classifier
-from ann2snn.iat import calibrate_iat, run_iat
 
 
 def timed_iat(snn, xt, yt, T, schedule, batch=250):

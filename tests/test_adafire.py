@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import ann2snn
-from ann2snn.calibration.burst import (
+from ann2snn.adaptation.burst import (
     SensitivityTable,
     allocate_caps,
     multiple_choice_knapsack,

@@ -122,7 +122,7 @@ def test_nets_with_a_relu_before_every_weight_layer_get_no_bipolar_neuron(name):
 
 def test_bipolar_layers_are_priced_and_compressed_by_their_spikes_of_both_signs(digits):
     """Spike tallies (SSC, AdaFire) count negative spikes too: a bipolar layer's spikes are its events."""
-    from ann2snn.calibration.ssc import ssc_table
+    from ann2snn.adaptation.ssc import ssc_table
 
     xc, xt, _ = digits
     model = create_model("mobilenet_digits", pretrained=True)

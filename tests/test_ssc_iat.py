@@ -2,9 +2,9 @@ import pytest
 import torch
 
 import ann2snn
-from ann2snn.calibration.ssc import SSCTable, choose_scales
+from ann2snn.adaptation.iat import IATSchedule, Stream, calibrate_iat, run_iat
+from ann2snn.adaptation.ssc import SSCTable, choose_scales
 from ann2snn.energy import SynapticCounter
-from ann2snn.iat import IATSchedule, Stream, calibrate_iat, run_iat
 
 from .helpers import trained_digits_cnn
 from .test_adafire import brute_force
@@ -89,8 +89,8 @@ def test_ssc_sop_cost_equals_brute_force(seed):
 def test_ssc_corrects_again_after_scaling(digits):
     """With a correction configured, the scaled thresholds get their own correction: the per-channel
     mean error that the correction cancels is smaller than with the corrections of the unscaled model."""
-    from ann2snn.calibration import correction as corr
-    from ann2snn.calibration.ssc import compress
+    from ann2snn.adaptation import correction as corr
+    from ann2snn.adaptation.ssc import compress
 
     model, xtr, _, _, _ = digits
     x = xtr[:128]
@@ -115,8 +115,8 @@ def test_ssc_corrects_again_after_scaling(digits):
 
 @pytest.mark.parametrize("tau", [1.0, 8.0])
 def test_ssc_combination_is_verified_against_the_allowance(digits, tau):
-    from ann2snn.calibration.burst import _first_tensor, divergence_sum
-    from ann2snn.calibration.ssc import compress
+    from ann2snn.adaptation.burst import _first_tensor, divergence_sum
+    from ann2snn.adaptation.ssc import compress
 
     model, xtr, _, _, _ = digits
     snn = ann2snn.convert(model, xtr[:256], threshold="mse", timesteps=8)
@@ -197,7 +197,7 @@ def test_stream_api_reports_done_samples(digits):
 def test_iat_tolerance_fits_the_schedule_within_the_allowance(digits):
     """A fitted schedule changes at most `tolerance` of the calibration samples' predictions against
     the full run, and needs no more steps than any grid schedule that also meets it (here: the paper's)."""
-    from ann2snn.iat import calibrate_iat, run_iat
+    from ann2snn.adaptation.iat import calibrate_iat, run_iat
 
     model, xtr, _, _, _ = digits
     snn = ann2snn.convert(model, xtr[:256], threshold="mse", timesteps=16)
@@ -221,7 +221,7 @@ def test_iat_tolerance_fits_the_schedule_within_the_allowance(digits):
 
 
 def test_ssc_backs_off_when_one_layer_measurements_understate_the_combination(digits, monkeypatch):
-    import ann2snn.calibration.ssc as ssc
+    import ann2snn.adaptation.ssc as ssc
 
     real = ssc.ssc_table
 
@@ -253,7 +253,7 @@ def test_ssc_backs_off_when_one_layer_measurements_understate_the_combination(di
 def test_ssc_prices_do_not_depend_on_counter_flushes(digits):
     """The counter flushes every 255 steps; prices divide the SOPs attributed since the last flush by
     the spikes of the same steps, so a run past 255 steps prices spikes like a shorter one."""
-    from ann2snn.calibration.ssc import ssc_table
+    from ann2snn.adaptation.ssc import ssc_table
 
     model, xtr, _, _, _ = digits
     snn = ann2snn.convert(model, xtr[:256], threshold="mse", timesteps=8)
@@ -266,7 +266,7 @@ def test_ssc_prices_do_not_depend_on_counter_flushes(digits):
 def test_ssc_search_bisects_to_the_cheapest_combination_within_the_allowance(digits, monkeypatch):
     """Combinations twice as harmful as the one-layer table says: the full allowance fails, half passes,
     and the search then tries allowances in between, keeping the passing one with the fewest SOPs."""
-    import ann2snn.calibration.ssc as ssc
+    import ann2snn.adaptation.ssc as ssc
 
     model, xtr, _, _, _ = digits
     snn = ann2snn.convert(model, xtr[:256], threshold="mse", timesteps=8)

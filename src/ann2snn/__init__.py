@@ -6,6 +6,7 @@ import sys as _sys
 if "torch" not in _sys.modules:  # spinning OpenMP workers stall simulations on shared CPUs
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from .adaptation.iat import calibrate_iat, run_iat
 from .api import adapt, calibrate, convert, prepare, to_snn
 from .config import ConversionConfig
 from .errors import (
@@ -15,7 +16,6 @@ from .errors import (
     SerializationError,
     UnsupportedOperationError,
 )
-from .iat import calibrate_iat, run_iat
 from .model import SpikingModel
 from .serialize import load, save
 

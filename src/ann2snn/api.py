@@ -11,15 +11,13 @@ The user's model is never modified: tracing works on a deep copy.
 from __future__ import annotations
 
 import copy
-import itertools
-import sys
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
 
 from . import distributed as D
+from .adaptation import adapt
 from .calibration.observers import ThresholdObserver
 from .config import ConversionConfig, resolve_config
 from .errors import CalibrationError, ConversionError
@@ -28,6 +26,7 @@ from .neurons.modules import RunningMaxPool, SpikingNeuron, unique_label
 from .passes import normalize as P
 from .passes.patterns import Kind, classify, function_name
 from .tracing import source_of, trace
+from .utils import device_of, iter_inputs, progress
 
 META_KEY = "ann2snn"
 
@@ -159,50 +158,12 @@ def observers(gm: fx.GraphModule) -> dict[str, ThresholdObserver]:
 
 # -- data ----------------------------------------------------------------------------------------
 
-def iter_inputs(data: Any) -> Iterator[Tensor]:
-    """Inputs from a tensor, or an iterable of tensors or of ``(input, target, ...)`` pairs."""
-    if isinstance(data, Tensor):
-        yield data
-        return
-    if not isinstance(data, Iterable):
-        raise CalibrationError(f"calibration data must be a tensor or an iterable of batches, got {type(data).__name__}")
-    for item in data:
-        if isinstance(item, (tuple, list)):
-            if not item:
-                raise CalibrationError("a calibration batch is an empty tuple")
-            item = item[0]
-        elif isinstance(item, dict):
-            raise CalibrationError("calibration batches that are dicts are not supported; give tensors or (x, y) pairs")
-        if not isinstance(item, Tensor):
-            raise CalibrationError(f"a calibration batch must be a tensor, got {type(item).__name__}")
-        yield item
-
-
 def _checked(x: Tensor, index: int) -> Tensor:
     if x.numel() == 0:
         raise CalibrationError(f"calibration batch {index} is empty")
     if x.is_floating_point() and not torch.isfinite(x).all():
         raise CalibrationError(f"calibration batch {index} contains NaN or inf values")
     return x if x.is_floating_point() else x.float()
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    for t in itertools.chain(module.parameters(), module.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def progress(iterable: Iterable, total: int | None, desc: str, enabled: bool | None) -> Iterable:
-    """A tqdm bar, shown only on a terminal unless forced on or off, and only by rank 0."""
-    if not D.is_main():
-        return iterable
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def calibrate(prepared: fx.GraphModule, data: Any, *, progress_bar: bool | None = None) -> fx.GraphModule:
@@ -220,7 +181,7 @@ def calibrate(prepared: fx.GraphModule, data: Any, *, progress_bar: bool | None 
         raise ConversionError("calibrate() needs a graph returned by ann2snn.prepare()")
     cfg: ConversionConfig = meta["config"]
     obs = observers(prepared)
-    device = _device_of(prepared)
+    device = device_of(prepared)
     cached: list[Tensor] = []
     sizes: list[int] = []  # whole-batch sizes: distributed, ``cached`` holds this rank's slices
     ghosts: set[int] = set()  # batches too small to give this rank a row (it still joins the reductions)
@@ -334,51 +295,6 @@ def to_snn(prepared: fx.GraphModule, caps: dict[str, int] | None = None, *, with
     snn = SpikingModel(gm, cfg, info)
     if with_adapt and not caps and "adapt_sample" in meta:
         adapt(snn, meta["adapt_sample"], progress_bar=progress_bar)
-    return snn
-
-
-def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> SpikingModel:
-    """The calibration steps that simulate the SNN itself, on calibration inputs ``x``:
-
-    * AdaFire (``neuron="adafire"``): per-layer burst caps, by sensitivity analysis and dynamic
-      programming (``burst_alloc="sensitivity"``) or all equal to ``burst_cap`` (``"uniform"``);
-    * ``correction``: bias ("light"), potential ("advanced") or both, layer by layer;
-    * ``ssc_tau > 0``: Sensitivity Spike Compression;
-    * ``iat``: the Input-aware Adaptive Timesteps exit schedule.
-
-    Under ``torch.distributed`` give every rank the same ``x``: each simulates its share and the
-    sums behind every statistic are all-reduced, so all ranks make the single-process choices.
-    """
-    from .calibration import burst, correction
-
-    cfg = snn.config
-    progress_bar = cfg.progress if progress_bar is None else progress_bar
-    if D.is_distributed():
-        if x.shape[0] < D.world_size():
-            raise CalibrationError(f"{x.shape[0]} adaptation samples cannot be shared by {D.world_size()} "
-                                   f"processes: raise adapt_samples (and give at least that many calibration samples)")
-        x = D.local_slice(x)  # every rank has the same samples: each simulates its share
-    x = x.to(snn.device)
-    if cfg.neuron == "adafire" and cfg.burst_alloc == "sensitivity":
-        table = burst.sensitivity_table(snn, x, cfg.timesteps, list(range(cfg.burst_min, cfg.burst_initial + 1)),
-                                        cfg.burst_initial, cfg.burst_cap, cfg.sensitivity_metric, progress_bar)
-        snn.info["sensitivity"] = table.to_dict()
-        caps = burst.allocate_caps(table, cfg.burst_budget, cfg.burst_min, cost=cfg.burst_cost)
-        burst.apply_caps(snn, caps)
-        snn.info["caps"] = caps
-    if cfg.correction != "none":
-        snn.info["correction"] = correction.correct(snn, x, cfg.timesteps, cfg.correction, cfg.correction_target,
-                                                    progress_bar)
-    if cfg.ssc_tau > 0:
-        from .calibration.ssc import GRIDS, compress
-
-        compress(snn, x, cfg.ssc_tau, cfg.timesteps, GRIDS[cfg.ssc_grid], metric=cfg.sensitivity_metric,
-                 progress=progress_bar, cost=cfg.ssc_cost)
-    if cfg.iat:
-        from .iat import calibrate_iat
-
-        calibrate_iat(snn, x.split(64), cfg.timesteps, cfg.iat_a, cfg.iat_b, cfg.iat_confidence,
-                      tolerance=cfg.iat_tolerance)
     return snn
 
 

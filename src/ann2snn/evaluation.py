@@ -23,10 +23,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from . import distributed as D
-from .api import progress as _progress
 from .energy import EnergyModel, EnergyReport, LayerStats, SynapticCounter, resolve_energy_model
 from .errors import ConfigError
 from .model import SpikingModel
+from .utils import progress as _progress
 
 __all__ = ["EvalResult", "default_timesteps", "evaluate_classifier", "merge_energy_reports"]
 
@@ -333,7 +333,7 @@ def evaluate_classifier(
         for t in ceiling_ts:
             correct_ceiling[t] += int((_predict(snn.analog(x, "quant", timesteps=t)) == y).sum())
         if use_iat:
-            from .iat import run_iat
+            from .adaptation.iat import run_iat
 
             if energy_model is not None:
                 with SynapticCounter(snn, energy_model) as counter:

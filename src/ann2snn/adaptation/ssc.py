@@ -65,7 +65,7 @@ class SSCTable:
 @torch.no_grad()
 def ssc_table(snn: SpikingModel, x: Tensor, timesteps: int, scales: Sequence[float] = DEFAULT_SCALES,
               metric: str = "auto", progress: bool | None = None) -> SSCTable:
-    from ..api import progress as bar
+    from ..utils import progress as bar
 
     neurons = snn.neurons()
     ann = _first_tensor(snn.analog(x, "relu"))

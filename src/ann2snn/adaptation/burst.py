@@ -137,7 +137,7 @@ def sensitivity_table(
     progress: bool | None = None,
 ) -> SensitivityTable:
     """Measure every layer's sensitivity to its burst cap (the others held at ``initial_cap``)."""
-    from ..api import progress as bar
+    from ..utils import progress as bar
 
     neurons = snn.neurons()
     saved = {name: n.cap for name, n in neurons.items()}

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from .. import distributed as D
+from ..calibration.observers import channels_last_2d
 from ..model import SpikingModel
-from .observers import channels_last_2d
 
 
 class _LayerOutputs:
@@ -70,7 +70,7 @@ def correct(snn: SpikingModel, x: Tensor, timesteps: int, mode: str = "light", t
     Returns, per layer, the mean over channels of |mean error| (what the correction cancels) and the
     mean absolute error, before and after.
     """
-    from ..api import progress as bar
+    from ..utils import progress as bar
 
     if mode not in ("light", "advanced", "both"):
         raise ValueError(f"unknown correction {mode!r}; choose light, advanced or both")

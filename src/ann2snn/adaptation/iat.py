@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
-from .model import SpikingModel
+from ..errors import ConfigError
+from ..model import SpikingModel
 
 CONFIDENCES = ("entropy", "prob")
 
@@ -79,8 +79,8 @@ def calibrate_iat(snn: SpikingModel, data: Any, timesteps: int | None = None, a:
     Under ``torch.distributed`` each rank gives its share of the data; the sums are all-reduced and
     the per-sample confidences gathered, so every rank fits the same schedule.
     """
-    from . import distributed as D
-    from .api import iter_inputs
+    from .. import distributed as D
+    from ..utils import iter_inputs
 
     if tolerance is not None and not 0.0 <= tolerance < 1.0:
         raise ConfigError(f"IAT tolerance must be in [0, 1), got {tolerance}")
@@ -185,7 +185,7 @@ class Stream:
         if schedule is None:
             stored = snn.info.get("iat")
             if not stored:
-                raise ConfigError("no IAT schedule: call ann2snn.iat.calibrate_iat(snn, data) or convert with iat=True")
+                raise ConfigError("no IAT schedule: call ann2snn.calibrate_iat(snn, data) or convert with iat=True")
             schedule = IATSchedule.from_dict(stored)
         self.snn, self.schedule = snn, schedule
         self.timesteps = timesteps or snn.config.timesteps

@@ -1,0 +1,57 @@
+"""Calibration that simulates the spiking network to decide: AdaFire burst caps (:mod:`.burst`),
+bias / potential correction (:mod:`.correction`), Sensitivity Spike Compression (:mod:`.ssc`) and the
+Input-aware Adaptive Timesteps exit schedule (:mod:`.iat`).
+
+The thresholds these steps start from are set earlier, on the ANN graph, by the observers of
+:mod:`ann2snn.calibration`.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .. import distributed as D
+from ..errors import CalibrationError
+from ..model import SpikingModel
+from . import burst, correction
+from .iat import calibrate_iat
+from .ssc import GRIDS, compress
+
+
+def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> SpikingModel:
+    """The calibration steps that simulate the SNN itself, on calibration inputs ``x``:
+
+    * AdaFire (``neuron="adafire"``): per-layer burst caps, by sensitivity analysis and dynamic
+      programming (``burst_alloc="sensitivity"``) or all equal to ``burst_cap`` (``"uniform"``);
+    * ``correction``: bias ("light"), potential ("advanced") or both, layer by layer;
+    * ``ssc_tau > 0``: Sensitivity Spike Compression;
+    * ``iat``: the Input-aware Adaptive Timesteps exit schedule.
+
+    Under ``torch.distributed`` give every rank the same ``x``: each simulates its share and the
+    sums behind every statistic are all-reduced, so all ranks make the single-process choices.
+    """
+    cfg = snn.config
+    progress_bar = cfg.progress if progress_bar is None else progress_bar
+    if D.is_distributed():
+        if x.shape[0] < D.world_size():
+            raise CalibrationError(f"{x.shape[0]} adaptation samples cannot be shared by {D.world_size()} "
+                                   f"processes: raise adapt_samples (and give at least that many calibration samples)")
+        x = D.local_slice(x)  # every rank has the same samples: each simulates its share
+    x = x.to(snn.device)
+    if cfg.neuron == "adafire" and cfg.burst_alloc == "sensitivity":
+        table = burst.sensitivity_table(snn, x, cfg.timesteps, list(range(cfg.burst_min, cfg.burst_initial + 1)),
+                                        cfg.burst_initial, cfg.burst_cap, cfg.sensitivity_metric, progress_bar)
+        snn.info["sensitivity"] = table.to_dict()
+        caps = burst.allocate_caps(table, cfg.burst_budget, cfg.burst_min, cost=cfg.burst_cost)
+        burst.apply_caps(snn, caps)
+        snn.info["caps"] = caps
+    if cfg.correction != "none":
+        snn.info["correction"] = correction.correct(snn, x, cfg.timesteps, cfg.correction, cfg.correction_target,
+                                                    progress_bar)
+    if cfg.ssc_tau > 0:
+        compress(snn, x, cfg.ssc_tau, cfg.timesteps, GRIDS[cfg.ssc_grid], metric=cfg.sensitivity_metric,
+                 progress=progress_bar, cost=cfg.ssc_cost)
+    if cfg.iat:
+        calibrate_iat(snn, x.split(64), cfg.timesteps, cfg.iat_a, cfg.iat_b, cfg.iat_confidence,
+                      tolerance=cfg.iat_tolerance)
+    return snn
