@@ -30,8 +30,9 @@ class Residual(nn.Module):
         return torch.relu(out)
 
 
-BLOCKS = ["conv_relu", "conv_bn_relu6", "maxpool", "avgpool", "residual", "bn_after_relu", "dwconv"]
-UNSUPPORTED = {"gelu": nn.GELU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "leaky": nn.LeakyReLU,
+BLOCKS = ["conv_relu", "conv_bn_relu6", "maxpool", "avgpool", "residual", "bn_after_relu", "dwconv", "leaky",
+          "prelu"]
+UNSUPPORTED = {"gelu": nn.GELU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "elu": nn.ELU, "hardswish": nn.Hardswish,
                "softmax": lambda: nn.Softmax(dim=1), "layernorm": lambda: nn.GroupNorm(1, 4)}
 
 
@@ -52,6 +53,10 @@ def build(blocks, channels=4, size=8):
             layers.append(Residual(channels))
         elif b == "bn_after_relu":
             layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(channels)]
+        elif b == "leaky":
+            layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.LeakyReLU(0.1)]
+        elif b == "prelu":
+            layers += [nn.Conv2d(channels, channels, 1), nn.PReLU(channels, init=0.2)]
         elif b == "dwconv":
             layers += [nn.Conv2d(channels, channels, 3, padding=1, groups=channels), nn.ReLU()]
     layers += [nn.Flatten(), nn.Linear(channels * size * size, 3)]

@@ -11,6 +11,8 @@ The user's model is never modified: tracing works on a deep copy.
 from __future__ import annotations
 
 import copy
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -31,17 +33,29 @@ from .utils import device_of, iter_inputs, progress
 META_KEY = "ann2snn"
 
 
-def prepare(model: nn.Module, config: ConversionConfig | dict | None = None, **overrides: Any) -> fx.GraphModule:
-    """Trace ``model`` and normalise its graph; put a threshold observer where each ReLU was.
+def prepare(model: nn.Module, config: ConversionConfig | dict | None = None, *, example_input: Tensor | None = None,
+            **overrides: Any) -> fx.GraphModule:
+    """Capture ``model`` and normalise its graph; put a threshold observer where each ReLU was.
+
+    With ``example_input`` (a batch like the calibration data; :func:`convert` takes the first
+    calibration batch) the model is captured with ``torch.export`` (:mod:`ann2snn.capture`), which
+    reads real model code: shape assertions, ``if`` on the input size, fused BN + activation layers.
+    Without it, ``torch.fx`` symbolic tracing is used, which needs code free of such Python.
 
     Raises :class:`~ann2snn.errors.UnsupportedOperationError` listing every node that cannot convert.
     """
     cfg = resolve_config(config, **overrides)
-    gm = trace(model)
+    if example_input is not None:
+        from .capture import capture
+
+        gm = capture(model, example_input)
+    else:
+        gm = trace(model)
     P.check_supported(gm)
-    stats = {"nodes_traced": _count(gm)}
+    stats = {"nodes_traced": _count(gm), "capture": gm.meta.get("capture", {}).get("method", "torch.fx")}
     stats["removed"] = P.remove_passthrough(gm)
     stats["inplace_rewritten"] = P.canonicalize_inplace(gm)
+    stats["leaky_split"] = P.split_leaky(gm)
     stats["bn_folded"], stats["bn_affine"] = P.fold_batchnorm(gm)
     stats["maxpool_moved"] = P.move_maxpool_before_neuron(gm)
     stats["neurons"] = insert_observers(gm, cfg)
@@ -79,7 +93,8 @@ def insert_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> int:
         # A ReLU module called at several places (torchvision's BasicBlock calls self.relu twice) gives
         # one neuron layer per call, each with its own state, thresholds and counts: name the later
         # calls "<module>.call<k>" so that every layer has its own name.
-        label = unique_label(node.target if node.op == "call_module" else node.name, labels)
+        origin = node.meta.get("ann2snn_path") or (node.target if node.op == "call_module" else node.name)
+        label = unique_label(str(origin), labels)
         obs = _observer(cfg, label, c.cap, cfg.seed + count)
         obs.source = source_of(node)
         gm.add_submodule(name, obs)
@@ -316,6 +331,11 @@ def convert(model: nn.Module, calibration_data: Any, config: ConversionConfig | 
             e.g. ``convert(model, loader, threshold="mse", timesteps=16)``.
     """
     cfg = resolve_config(config, **overrides)
-    prepared = prepare(model, cfg)
+    if isinstance(calibration_data, Iterator):  # read once: the first batch is also the capture example
+        calibration_data = list(itertools.islice(calibration_data, cfg.calib_batches))
+    example = next(iter_inputs(calibration_data), None)
+    if example is None:
+        raise CalibrationError("calibration data is empty: give at least one batch")
+    prepared = prepare(model, cfg, example_input=_checked(example, 0))
     calibrate(prepared, calibration_data)
     return to_snn(prepared)

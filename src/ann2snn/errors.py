@@ -23,32 +23,58 @@ class SerializationError(ConversionError):
 
 @dataclass(frozen=True)
 class OffendingNode:
-    """One graph node that cannot be converted, with where it came from in the user's code."""
+    """One graph node that cannot be converted, with where it came from in the user's code.
+
+    ``rank`` orders the kinds in the error: 0 for activations (the usual reason a model cannot
+    spike), 1 for normalisations, 2 for anything else.
+    """
 
     node: str
     op: str
     reason: str
     source: str | None = None
+    rank: int = 2
 
     def describe(self) -> str:
         where = f" at {self.source}" if self.source else ""
         return f"node '{self.node}' ({self.op}){where}: {self.reason}"
 
 
+_WHAT_HELPS = {
+    0: "replace the activation by ReLU (or ReLU6, LeakyReLU, PReLU) and fine-tune the model",
+    1: "per-sample normalisation has no spiking form: use BatchNorm (folded into the weights) instead",
+}
+
+
 class UnsupportedOperationError(ConversionError):
     """The model contains operations a spiking network cannot represent.
 
-    ``offenders`` lists every offending node at once, each with its op and the user's source line.
+    ``offenders`` lists every offending node, each with its op and the user's source line; the
+    message groups them by kind, activations first, with a count and the first source lines.
     """
 
     def __init__(self, offenders: list[OffendingNode], hint: str | None = None):
         self.offenders = list(offenders)
-        lines = [f"cannot convert {len(self.offenders)} operation(s) to spiking form:"]
-        lines += [f"  - {o.describe()}" for o in self.offenders]
+        groups: dict[str, list[OffendingNode]] = {}
+        for o in sorted(self.offenders, key=lambda o: o.rank):
+            groups.setdefault(o.op, []).append(o)
+        kinds = f", {len(groups)} kinds" if len(groups) > 1 else ""
+        lines = [f"cannot convert {len(self.offenders)} operation(s) to spiking form{kinds}:"]
+        for op, members in groups.items():
+            places = f"at {len(members)} places" if len(members) > 1 else "at 1 place"
+            sources = list(dict.fromkeys(o.source for o in members if o.source))
+            where = ""
+            if sources:
+                more = f" (+{len(sources) - 3} more)" if len(sources) > 3 else ""
+                where = ", first at " + "; ".join(sources[:3]) + more
+            nodes = ", ".join(o.node for o in members[:3]) + (", ..." if len(members) > 3 else "")
+            lines.append(f"  - {op} {places}{where}: {members[0].reason} [node {nodes}]")
+        helps = [_WHAT_HELPS[r] for r in sorted({o.rank for o in self.offenders}) if r in _WHAT_HELPS]
         lines.append(
             hint
-            or "Only ReLU-family activations (ReLU, ReLU6, Hardtanh(0, x), clamp(min=0)), linear layers, "
-            "pooling, BatchNorm, residual addition, concatenation and reshaping are convertible. "
-            "Replace the listed operations in the model (or move them out of forward) and try again."
+            or ("To convert it: " + "; ".join(helps) + ". " if helps else "")
+            + "Only ReLU-family activations (ReLU, ReLU6, Hardtanh(0, x), clamp(min=0), LeakyReLU, PReLU), "
+            "conv / linear layers, pooling, BatchNorm, residual addition, concatenation, upsampling and "
+            "reshaping are convertible."
         )
         super().__init__("\n".join(lines))

@@ -39,7 +39,8 @@ def source_of(node: fx.Node) -> str | None:
     return f"{path}:{line} `{code.strip()}`"
 
 
-def _user_frame(exc: BaseException) -> str | None:
+def user_frame(exc: BaseException) -> str | None:
+    """``file:line (code)`` of the deepest frame of the user's code in ``exc``'s traceback."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename]
     if not frames:
         return None
@@ -60,7 +61,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
     try:
         graph = tracer.trace(work)
     except Exception as exc:  # noqa: BLE001 - torch.fx raises many kinds
-        where = _user_frame(exc)
+        where = user_frame(exc)
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "control flow" in message or "iteration" in message or isinstance(exc, fx.proxy.TraceError):
             reason = f"data-dependent Python control flow cannot be traced ({message})"

@@ -11,12 +11,14 @@ import re
 import sys
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from ..api import prepare
 from ..calibration.observers import ThresholdObserver
+from ..capture import capture
 from ..config import ConversionConfig
-from ..errors import UnsupportedOperationError
+from ..errors import ConfigError, UnsupportedOperationError
 from ..loading import load_model
 from ..passes.patterns import classify
 from ..tracing import trace
@@ -30,6 +32,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="a zoo name, 'package.module:factory' or a pickled model file")
     p.add_argument("--weights", metavar="CKPT", help="a state_dict file for the model")
     p.add_argument("--trust-pickle", action="store_true", help="allow MODEL to be a pickled nn.Module file")
+    p.add_argument("--input-shape", metavar="C,H,W", help="the shape of one input sample, to capture the model "
+                   "with torch.export as convert does (default: the bundled model's; without one, torch.fx "
+                   "symbolic tracing)")
     add_config_flags(p)
     p.set_defaults(run=run)
     return p
@@ -83,18 +88,23 @@ def _neuron_text(cap: float | None, cfg: ConversionConfig) -> str:
     return f"{kind}, {cfg.granularity}-wise threshold ({cfg.threshold}){clipped}"
 
 
-def describe_graph(model: nn.Module, cfg: ConversionConfig) -> tuple[list[dict[str, Any]], dict[str, Any], Exception | None]:
-    """One row per traced node with what it becomes; the pass statistics; the conversion error if any."""
-    gm = trace(model)
+def describe_graph(model: nn.Module, cfg: ConversionConfig, example: torch.Tensor | None = None
+                   ) -> tuple[list[dict[str, Any]], dict[str, Any], Exception | None]:
+    """One row per captured node with what it becomes; the pass statistics; the conversion error if any.
+
+    With ``example`` (an input batch) the model is captured with ``torch.export`` as ``convert``
+    does; without it, traced with ``torch.fx``."""
+    gm = capture(model, example) if example is not None else trace(model)
     modules = dict(gm.named_modules())
     rows = []
     for node in gm.graph.nodes:
         c = classify(node, modules)
         rows.append({"node": node.name, "target": str(node.target), "op": _op_text(node, modules),
+                     "path": str(node.meta.get("ann2snn_path", node.target)),
                      "kind": c.kind.value, "cap": c.cap,
                      "reason": c.reason, "args": [a.name for a in node.args if isinstance(a, fx.Node)]})
     try:
-        prepared = prepare(model, cfg)
+        prepared = prepare(model, cfg, example_input=example)
     except UnsupportedOperationError as exc:
         for r in rows:
             r["becomes"] = f"CANNOT CONVERT: {r['reason']}" if r["kind"] == "unsupported" else ""
@@ -117,8 +127,12 @@ def describe_graph(model: nn.Module, cfg: ConversionConfig) -> tuple[list[dict[s
             r["becomes"] = {"input": "input current (direct coding: the analog input every step)",
                             "output": "output: the last layer's current, averaged over the steps"}.get(
                 r["op"], "constant")
+        elif kind == "leaky":
+            found = f"{r['path']}.neg" in neurons or f"{name}.neg" in neurons
+            r["becomes"] = ("two neuron layers, ReLU(x) and ReLU(-x) scaled by -slope: positive and negative "
+                            "spikes, a threshold of its own on each side" if found else "removed")
         elif kind == "neuron":
-            found = name in neurons or r["target"] in neurons
+            found = name in neurons or r["target"] in neurons or r["path"] in neurons
             r["becomes"] = _neuron_text(r["cap"], cfg) if found else "removed"
         elif kind == "weighted":
             bns = [bn for bn, src in folded_into.items() if src == name]
@@ -150,8 +164,15 @@ def describe_graph(model: nn.Module, cfg: ConversionConfig) -> tuple[list[dict[s
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     loaded = load_model(args.model, args.weights, trust_pickle=args.trust_pickle, allow_untrained=True)
+    shape = loaded.input_shape
+    if args.input_shape:
+        try:
+            shape = tuple(int(v) for v in args.input_shape.replace("x", ",").split(",") if v.strip())
+        except ValueError:
+            raise ConfigError(f"--input-shape {args.input_shape!r}: give integers like 3,32,32") from None
+    example = torch.randn(2, *shape) if shape else None
     try:
-        rows, stats, error = describe_graph(loaded.module, cfg)
+        rows, stats, error = describe_graph(loaded.module, cfg, example)
     except UnsupportedOperationError as exc:  # tracing itself failed
         rows, stats, error = [], {}, exc
     print(f"{loaded.name} ({type(loaded.module).__name__}): {len(rows)} traced nodes")

@@ -6,8 +6,10 @@ Every pass takes a GraphModule and returns it modified (it was built from a copy
 
 from __future__ import annotations
 
+import operator
+
 import torch
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
 from ..errors import OffendingNode, UnsupportedOperationError
 from ..neurons.modules import Affine
@@ -19,19 +21,101 @@ def modules_of(gm: fx.GraphModule) -> dict[str, nn.Module]:
     return dict(gm.named_modules())
 
 
+_ACTIVATION_MODULES = (nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.ELU,
+                       nn.SELU, nn.CELU, nn.Softplus, nn.Softmax, nn.LogSoftmax, nn.GLU, nn.Softsign)
+_NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+                 nn.LocalResponseNorm)
+
+
+def _offender_kind(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[str, int]:
+    """The op's name as the error shows it, and its rank (activations first, then normalisations)."""
+    if node.op == "call_module":
+        mod = modules[node.target]
+        rank = 0 if isinstance(mod, _ACTIVATION_MODULES) else 1 if isinstance(mod, _NORM_MODULES) else 2
+        return f"call_module {type(mod).__name__}", rank
+    if isinstance(node.target, torch._ops.OpOverload):
+        from ..capture import op_label
+
+        return op_label(node.target)
+    name = getattr(node.target, "__name__", node.target)
+    rank = 0 if str(name).lower() in {"sigmoid", "tanh", "gelu", "silu", "softmax", "log_softmax", "hardswish",
+                                      "mish", "elu", "selu", "softplus", "exp"} else 2
+    return f"{node.op} {name}", rank
+
+
 def check_supported(gm: fx.GraphModule) -> None:
-    """Raise :class:`UnsupportedOperationError` listing every node that cannot convert."""
+    """Raise :class:`UnsupportedOperationError` listing every node that cannot convert, grouped by
+    kind in the message (activations first)."""
     modules = modules_of(gm)
     offenders = []
     for node in gm.graph.nodes:
         c = classify(node, modules)
         if c.kind is Kind.UNSUPPORTED:
-            op = node.op if node.op != "call_module" else f"call_module {type(modules[node.target]).__name__}"
-            if node.op in ("call_function", "call_method"):
-                op = f"{node.op} {getattr(node.target, '__name__', node.target)}"
-            offenders.append(OffendingNode(node.name, op, c.reason, source_of(node)))
+            op, rank = _offender_kind(node, modules)
+            offenders.append(OffendingNode(node.name, op, c.reason, source_of(node), rank))
     if offenders:
         raise UnsupportedOperationError(offenders)
+
+
+def split_leaky(gm: fx.GraphModule) -> int:
+    """``leaky_relu(z, a)`` -> ``relu(z) - a * relu(-z)`` (PReLU: ``a`` per channel).
+
+    Each side becomes a neuron layer of its own, with channel-wise thresholds calibrated like any ReLU
+    site: the negative side fires on ``-z`` and its spikes reach the next layer scaled by ``-a``, so
+    the pair fires positive and negative spikes with a threshold of its own on each side. Every later
+    step (AdaFire caps, corrections, SSC, synaptic-operation counts, export) sees plain ReLU sites and
+    linear maps. Returns how many activations were split.
+    """
+    modules = modules_of(gm)
+    split = 0
+    for node in list(gm.graph.nodes):
+        if classify(node, modules).kind is not Kind.LEAKY:
+            continue
+        x = node.args[0]
+        if node.op == "call_module":
+            mod = modules[node.target]
+            slope = mod.weight.detach().reshape(-1) if isinstance(mod, nn.PReLU) else float(mod.negative_slope)
+        else:
+            slope = float(node.args[1] if len(node.args) > 1 else node.kwargs.get("negative_slope", 0.01))
+        base = node.meta.get("ann2snn_path") or (node.target if node.op == "call_module" else node.name)
+        scale = slope if isinstance(slope, Tensor) else torch.tensor([slope])
+        with gm.graph.inserting_before(node):
+            pos = _relu_module(gm, f"{node.name}_pos", x, str(base), node)
+            # the sign flips and the slope are per-channel scales (a one-element scale broadcasts)
+            neg_in = _affine(gm, f"{node.name}_flip", torch.tensor([-1.0]), x)
+            neg = _relu_module(gm, f"{node.name}_neg", neg_in, f"{base}.neg", node)
+            scaled = _affine(gm, f"{node.name}_slope", -scale.float(), neg)
+            out = gm.graph.call_function(operator.add, (pos, scaled))
+        for new in (neg_in, scaled, out):
+            new.meta["stack_trace"] = node.meta.get("stack_trace")
+        node.replace_all_uses_with(out)
+        gm.graph.erase_node(node)
+        split += 1
+    _finish(gm)
+    return split
+
+
+def _affine(gm: fx.GraphModule, base: str, scale: Tensor, x: fx.Node) -> fx.Node:
+    name = _free_name(gm, base)
+    gm.add_submodule(name, Affine(scale, torch.zeros_like(scale)))
+    return gm.graph.call_module(name, (x,))
+
+
+def _free_name(gm: fx.GraphModule, base: str) -> str:
+    name, k = base, 1
+    while hasattr(gm, name):
+        k += 1
+        name = f"{base}_{k}"
+    return name
+
+
+def _relu_module(gm: fx.GraphModule, base: str, x: fx.Node, label: str, origin: fx.Node) -> fx.Node:
+    name = _free_name(gm, base)
+    gm.add_submodule(name, nn.ReLU())
+    new = gm.graph.call_module(name, (x,))
+    new.meta["stack_trace"] = origin.meta.get("stack_trace")
+    new.meta["ann2snn_path"] = label
+    return new
 
 
 def remove_passthrough(gm: fx.GraphModule) -> int:

@@ -18,6 +18,7 @@ from torch import fx, nn
 
 class Kind(enum.Enum):
     NEURON = "neuron"  # a ReLU spelling (cap: None) or ReLU6 / Hardtanh(0, x) (cap: the clip value)
+    LEAKY = "leaky"  # LeakyReLU / PReLU: split into ReLU(x) - a * ReLU(-x) before neurons are placed
     MAXPOOL = "maxpool"
     BATCHNORM = "batchnorm"
     WEIGHTED = "weighted"  # conv / linear / transposed conv: the synaptic layers
@@ -77,7 +78,8 @@ _FUNCTIONS: dict[str, Any] = {
     "torch.nn.functional.interpolate": F.interpolate, "torch.nn.functional.pad": F.pad,
     "torch.nn.functional.linear": F.linear, "torch.nn.functional.conv1d": F.conv1d,
     "torch.nn.functional.conv2d": F.conv2d, "torch.nn.functional.conv3d": F.conv3d,
-    "torch.nn.functional.pixel_shuffle": F.pixel_shuffle,
+    "torch.nn.functional.pixel_shuffle": F.pixel_shuffle, "torch.nn.functional.leaky_relu": F.leaky_relu,
+    "torch.nn.functional.pixel_unshuffle": F.pixel_unshuffle,
     "getattr": getattr,
 }
 _NAME_OF = {id(fn): name for name, fn in _FUNCTIONS.items()}
@@ -91,10 +93,12 @@ LINEAR_FUNCTIONS = {
     torch.concat, torch.concatenate, torch.stack, torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze,
     torch.permute, torch.transpose, torch.mean, torch.sum, torch.chunk, torch.split, torch.avg_pool1d,
     torch.adaptive_avg_pool1d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.pixel_shuffle, F.linear, F.conv1d, F.conv2d, F.conv3d,
+    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.pixel_shuffle, F.pixel_unshuffle, F.linear, F.conv1d, F.conv2d, F.conv3d,
 }
 SCALING_FUNCTIONS = {operator.mul, operator.imul, operator.truediv}  # linear when the other side is a constant
 STRUCTURAL_FUNCTIONS = {operator.getitem, getattr, operator.floordiv}
+SHAPE_ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.mod,
+                    operator.neg}
 
 LINEAR_METHODS = {"view", "reshape", "flatten", "contiguous", "permute", "transpose", "squeeze", "unsqueeze",
                   "mean", "sum", "add", "add_", "sub", "sub_", "chunk", "split", "expand", "expand_as",
@@ -143,8 +147,22 @@ def _clamp_kind(low: Any, high: Any) -> Classified:
     return Classified(Kind.NEURON, cap=float(high))
 
 
+def is_shape_value(node: Any) -> bool:
+    """A size of a tensor, or arithmetic on sizes and numbers (``x.size(0) * 4``): no activation."""
+    if not isinstance(node, fx.Node):
+        return _is_number(node)
+    if node.op == "call_method" and node.target in STRUCTURAL_METHODS - {"__getitem__"}:
+        return True
+    if node.op == "call_function" and node.target is getattr:
+        return True
+    if node.op == "call_function" and node.target in SHAPE_ARITHMETIC:
+        return all(is_shape_value(a) for a in node.args)
+    return False
+
+
 def _scaling_kind(node: fx.Node) -> Classified:
-    operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+    # constants: stored tensors (get_attr) and sizes scale an activation linearly
+    operands = [a for a in node.args[:2] if isinstance(a, fx.Node) and a.op != "get_attr" and not is_shape_value(a)]
     if len(operands) <= 1:
         return Classified(Kind.LINEAR)
     return Classified(Kind.UNSUPPORTED, reason="product or quotient of two activations is not linear")
@@ -168,6 +186,8 @@ def _classify_module(mod: nn.Module) -> Classified:
         return Classified(Kind.NEURON)
     if type(mod) is nn.ReLU6:
         return Classified(Kind.NEURON, cap=6.0)
+    if type(mod) in (nn.LeakyReLU, nn.PReLU):
+        return Classified(Kind.LEAKY)
     if type(mod) is nn.Hardtanh:
         if mod.min_val == 0 and mod.max_val > 0:
             return Classified(Kind.NEURON, cap=float(mod.max_val))
@@ -191,6 +211,15 @@ def _classify_module(mod: nn.Module) -> Classified:
 
 def _classify_function(node: fx.Node) -> Classified:
     fn = node.target
+    if fn in SHAPE_ARITHMETIC and is_shape_value(node):
+        return Classified(Kind.STRUCTURAL)
+    if fn is F.leaky_relu:
+        return Classified(Kind.LEAKY)
+    if isinstance(fn, torch._ops.OpOverload):  # an ATen op the capture has no layer form for
+        from ..capture import op_label
+
+        label, _ = op_label(fn)
+        return Classified(Kind.UNSUPPORTED, reason=f"{label} has no spiking equivalent")
     if fn in RELU_FUNCTIONS:
         return Classified(Kind.NEURON)
     if fn is F.relu6:
