@@ -680,7 +680,8 @@ def _rsub(L: _Lifter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
 
 @_op(aten.dropout, aten.dropout_, aten.feature_dropout, aten.alpha_dropout, aten.feature_alpha_dropout)
 def _dropout(L: _Lifter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
-    return args[0]
+    # kept as a layer so that the passes remove it and say so (inspect lists it as removed)
+    return L.module(nn.Dropout(float(_arg(args, kwargs, 1, "p", 0.5))), args[0], "dropout")
 
 
 _IDENTITY.update({aten.clone, aten.contiguous, aten.alias, aten.detach, aten.lift_fresh_copy,
