@@ -192,6 +192,7 @@ def test_real_mismatches_are_still_refused(user_models, tmp_path):
         with pytest.raises(LoadError, match="does not match model") as err:
             load_model(f"{user_models}:build", path)
         assert fragment in str(err.value), (name, str(err.value))
+        assert str(err.value).endswith(f"(after stripped 'module.' from {len(state)} keys)")
     # a prefix is stripped only when the model's own keys lack it; other first names only when the
     # result is exactly the model's keys
     torch.save({"backbone." + k: v for k, v in sd.items() if k != "4.bias"}, tmp_path / "partial.pt")

@@ -256,7 +256,8 @@ def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor] | Check
         if shapes:
             shown = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes]
             parts.append(f"{len(shapes)} shape mismatch(es) ({_few(shown)}; checkpoint vs model)")
-        raise LoadError(f"checkpoint {source} does not match model {model_name}: {'; '.join(parts)}")
+        after = f" (after {', '.join(key_notes)})" if key_notes else ""
+        raise LoadError(f"checkpoint {source} does not match model {model_name}: {'; '.join(parts)}{after}")
     filled = [k for k in own if k not in state]
     if filled:
         names = sorted({k.rsplit(".", 1)[-1] for k in filled})
