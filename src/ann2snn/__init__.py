@@ -25,7 +25,7 @@ _EXPORTS = ("export_nir", "import_nir", "save_portable", "load_portable")
 
 
 def __getattr__(name: str):
-    # ann2snn.export_nir(snn, path) and friends, imported on first use (nir / onnx stay optional)
+    # ann2snn.export_nir(snn, path) and friends, imported on first use (nir stays optional)
     if name in _EXPORTS:
         from . import export
 

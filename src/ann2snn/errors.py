@@ -21,6 +21,10 @@ class SerializationError(ConversionError):
     """A saved SNN file is missing, corrupt or of an unknown format."""
 
 
+class LoadError(ConversionError):
+    """A model, checkpoint or dataset could not be loaded (missing, corrupt or not matching)."""
+
+
 @dataclass(frozen=True)
 class OffendingNode:
     """One graph node that cannot be converted, with where it came from in the user's code.

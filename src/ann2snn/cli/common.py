@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,27 @@ def build_config(args: argparse.Namespace) -> ConversionConfig:
 
 
 # -- shared options --------------------------------------------------------------------------------
+
+MODEL_HELP = ("a zoo name (see `ann2snn zoo`), 'timm:NAME' or 'torchvision:NAME' (built without downloading: "
+              "random weights unless --weights), 'package.module:factory', an .onnx file, or a pickled model "
+              "file (with --trust-pickle)")
+WEIGHTS_HELP = ("a checkpoint for the model: a state_dict saved with torch.save (read weights_only, onto the CPU; "
+                "wrappers such as {'state_dict': ...} and 'module.' / '_orig_mod.' prefixes are adapted, and "
+                "said on stderr) or a .safetensors file")
+TRUST_HELP = ("allow MODEL to be a pickled nn.Module file, and --weights to hold pickled Python objects "
+              "(unpickling runs code from the file)")
+
+
+def print_notes(loaded) -> None:
+    """What loading the model did beyond the obvious (adapted checkpoint, random weights): stderr, one line each."""
+    from .. import distributed as D
+
+    if not D.is_main():  # under torchrun, rank 0 speaks for all
+        return
+    for note in getattr(loaded, "notes", []):
+        print(f"ann2snn: {loaded.name}: {note}", file=sys.stderr)
+
+
 
 def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     note = "" if required else " (default: the data the model was converted with)"

@@ -15,6 +15,9 @@ from ..data import subset
 from ..loading import LoadError, bundled_input_shape, check_data_fits, load_data, load_model
 from ..serialize import save
 from .common import (
+    MODEL_HELP,
+    TRUST_HELP,
+    WEIGHTS_HELP,
     UsageError,
     add_config_flags,
     add_data_options,
@@ -23,6 +26,7 @@ from .common import (
     check_writable_file,
     neuron_words,
     positive_int,
+    print_notes,
 )
 
 HELP = "convert a pretrained ReLU network into a spiking network (no training)"
@@ -31,18 +35,16 @@ EPILOG = """examples:
   ann2snn convert --model vgg_fmnist --data fashion-mnist --threshold mse --timesteps 16
   ann2snn convert --model unet_seg --data synthetic-seg --threshold mse --out seg.pt
   ann2snn convert --model mypkg.models:build --weights model_state.pt --data train.npz --config conv.toml
+  ann2snn convert --model 'timm:resnet18(num_classes=10)' --weights ckpt.pth.tar --data cifar/ --mean ...
 """
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("convert", help=HELP, description=HELP, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, metavar="MODEL",
-                   help="a zoo name (see `ann2snn zoo`), 'package.module:factory', or a pickled model file "
-                        "(with --trust-pickle)")
-    p.add_argument("--weights", metavar="CKPT", help="a state_dict file for the model (torch.load weights_only)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow MODEL to be a pickled nn.Module file (unpickling runs code from the file)")
+    p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--weights", metavar="CKPT", help=WEIGHTS_HELP)
+    p.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     add_data_options(p)
     p.add_argument("--calib-samples", type=positive_int, default=1024, metavar="N",
                    help="calibration samples drawn from the training split (default: 1024)")
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.mean is None) != (args.std is None):
         raise UsageError("give both --mean and --std, or neither")
     loaded = load_model(args.model, args.weights, trust_pickle=args.trust_pickle)
+    print_notes(loaded)
     known = bundled_input_shape(args.data)
     if known is not None and loaded.input_shape is not None and known != tuple(loaded.input_shape):
         raise LoadError(f"data {args.data!r} has input shape {known} but model {loaded.name} expects "

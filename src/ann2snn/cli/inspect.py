@@ -22,16 +22,16 @@ from ..errors import ConfigError, UnsupportedOperationError
 from ..loading import load_model
 from ..passes.patterns import classify
 from ..tracing import trace
-from .common import add_config_flags, build_config
+from .common import MODEL_HELP, TRUST_HELP, WEIGHTS_HELP, add_config_flags, build_config, print_notes
 
 HELP = "show the traced graph and what each node becomes; list what cannot convert"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("inspect", help=HELP, description=HELP + " (exit status 1 if anything cannot).")
-    p.add_argument("model", metavar="MODEL", help="a zoo name, 'package.module:factory' or a pickled model file")
-    p.add_argument("--weights", metavar="CKPT", help="a state_dict file for the model")
-    p.add_argument("--trust-pickle", action="store_true", help="allow MODEL to be a pickled nn.Module file")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--weights", metavar="CKPT", help=WEIGHTS_HELP)
+    p.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     p.add_argument("--input-shape", metavar="C,H,W", help="the shape of one input sample, to capture the model "
                    "with torch.export as convert does (default: the bundled model's; without one, torch.fx "
                    "symbolic tracing)")
@@ -164,6 +164,7 @@ def describe_graph(model: nn.Module, cfg: ConversionConfig, example: torch.Tenso
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     loaded = load_model(args.model, args.weights, trust_pickle=args.trust_pickle, allow_untrained=True)
+    print_notes(loaded)
     shape = loaded.input_shape
     if args.input_shape:
         try:

@@ -1,5 +1,6 @@
-"""Exchange formats for converted SNNs: NIR graphs for neuromorphic hardware (:mod:`.nir`), a portable
-JSON + safetensors format (:mod:`.portable`), and reading ReLU CNNs from ONNX (:mod:`.onnx`).
+"""Exchange formats for converted SNNs: NIR graphs for neuromorphic hardware (:mod:`.nir`) and a
+portable JSON + safetensors format (:mod:`.portable`). (ANNs come in through :mod:`ann2snn.loading`,
+ONNX files included.)
 
 All exporters write the flat layer list of :mod:`.ir`; each has an importer that rebuilds the same
 model, with bit-identical outputs.
@@ -16,7 +17,7 @@ __all__ = ["export_nir", "import_nir", "load_portable", "load_snn", "save_portab
 
 
 def __getattr__(name: str):
-    # lazily, so that `import ann2snn.export` needs neither nir nor onnx
+    # lazily, so that `import ann2snn.export` does not need nir
     if name in ("export_nir", "import_nir", "to_nir"):
         from . import nir
 

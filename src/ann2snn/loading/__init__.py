@@ -4,13 +4,19 @@ A MODEL is one of
 
 * a zoo name (``vgg_digits``): the registered architecture with its bundled checkpoint, or with
   ``weights`` a ``state_dict`` file of your own;
-* ``package.module:factory``: your code is imported and ``factory()`` builds the model; ``weights``
-  (a ``state_dict`` file) is loaded into it with ``torch.load(weights_only=True)`` and strict key
-  matching;
-* an ONNX file (``model.onnx``, from PyTorch or Keras): read by :mod:`ann2snn.export.onnx` (needs the
-  ``onnx`` package);
+* ``timm:NAME`` / ``torchvision:NAME``: the architecture from timm / torchvision (when installed),
+  built with ``pretrained=False`` / ``weights=None`` (nothing is downloaded): random weights unless
+  ``weights`` is given (:mod:`.named`);
+* ``package.module:factory``: your code is imported and ``factory()`` builds the model;
+* an ONNX file (``model.onnx``, from PyTorch or Keras): read by :mod:`.onnx` (needs the ``onnx``
+  package);
 * a file holding a whole pickled ``nn.Module`` (``torch.save(model, path)``). Unpickling runs code
   from the file, so it is refused unless ``trust_pickle=True``.
+
+``weights`` is a checkpoint file as people have them (:mod:`.checkpoints`): a ``state_dict`` saved with
+``torch.save`` (read with ``weights_only=True`` onto the CPU), possibly wrapped (``{"state_dict": ...}``)
+or prefixed (``module.``, ``_orig_mod.``), or a ``.safetensors`` file; it must then match the model as
+``load_state_dict(strict=True)`` requires.
 
 DATA is a bundled dataset name (``digits``, ``mnist``, ``fashion-mnist``), a ``.npz`` file with
 ``x``/``y`` arrays, or a folder with one sub-folder of images per class (see
@@ -22,7 +28,9 @@ message that names the file and says what to do.
 
 from __future__ import annotations
 
+import copy
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -33,36 +41,48 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConversionError
+from ..errors import LoadError
+from .checkpoints import (
+    adaptation_line,
+    apply_state_dict,
+    load_checkpoint,
+    load_state_dict_file,
+    load_weights,
+)
 
-__all__ = ["LoadError", "LoadedModel", "bundled_input_shape", "check_data_fits", "load_data", "load_model", "load_state_dict_file"]
+__all__ = ["LoadError", "LoadedModel", "bundled_input_shape", "check_data_fits", "load_checkpoint", "load_data",
+           "load_model", "load_state_dict_file", "load_weights"]
 
-_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
-
-
-class LoadError(ConversionError):
-    """A model, checkpoint or dataset could not be loaded (missing, corrupt or not matching)."""
+log = logging.getLogger("ann2snn")
 
 
 @dataclass
 class LoadedModel:
-    """A model ready for conversion and how it was obtained."""
+    """A model ready for conversion and how it was obtained.
+
+    ``notes``: what was done on the way, one line each (a checkpoint's adaptations, random weights,
+    a dropped final Softmax); the CLI prints them on stderr.
+    """
 
     module: nn.Module
     name: str
-    kind: str  # "zoo" | "factory" | "pickle" | "onnx"
+    kind: str  # "zoo" | "factory" | "timm" | "torchvision" | "pickle" | "onnx"
     weights: str | None = None
     input_shape: tuple[int, ...] | None = None
     dataset: str | None = None
     num_classes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     task: str = "classification"
+    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
         """What goes into ``snn.info["source"]``."""
-        return {"model": self.name, "model_kind": self.kind, "weights": self.weights,
-                "model_dataset": self.dataset, "input_shape": list(self.input_shape) if self.input_shape else None,
-                "task": self.task}
+        out = {"model": self.name, "model_kind": self.kind, "weights": self.weights,
+               "model_dataset": self.dataset, "input_shape": list(self.input_shape) if self.input_shape else None,
+               "task": self.task}
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
 
 
 def _first_line(exc: BaseException) -> str:
@@ -70,124 +90,70 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-# -- checkpoints -----------------------------------------------------------------------------------
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a ``state_dict`` with ``torch.load(weights_only=True)``; unwraps ``{"state_dict": ...}``."""
-    p = Path(path)
-    if not p.exists():
-        raise LoadError(f"checkpoint not found: {p}")
-    if not p.is_file():
-        raise LoadError(f"checkpoint {p} is not a file")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for bad files
-        if _holds_objects(exc):
-            raise LoadError(
-                f"checkpoint {p} is not a plain state_dict (it holds pickled Python objects); save "
-                f"model.state_dict() instead, or pass the file as MODEL with --trust-pickle if you trust it"
-            ) from exc
-        raise LoadError(f"cannot read checkpoint {p}: corrupt or not a PyTorch file ({_torch_error(exc)})") from exc
-    for _ in range(2):
-        if isinstance(obj, Mapping) and not _is_state_dict(obj):
-            inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
-            if inner is not None:
-                obj = inner
-    if not isinstance(obj, Mapping) or not _is_state_dict(obj):
-        raise LoadError(f"checkpoint {p} does not hold a state_dict (a mapping of parameter names to tensors)")
-    return dict(obj)
-
-
-def _holds_objects(exc: BaseException) -> bool:
-    """A weights-only load refused a file because it pickles classes (e.g. a whole nn.Module)."""
-    return "Unsupported global" in str(exc)
-
-
-def _torch_error(exc: BaseException) -> str:
-    """The informative line of a torch.load error (its first lines are generic advice)."""
-    text = str(exc)
-    for line in text.splitlines():
-        if "WeightsUnpickler error:" in line and line.split("WeightsUnpickler error:", 1)[1].strip():
-            return line.split("WeightsUnpickler error:", 1)[1].strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if "Weights only load failed" in text and len(lines) > 2:
-        tail = [ln for ln in lines if not ln.startswith(("Weights only", "Please file", "Check the doc", "In PyTorch"))]
-        if tail:
-            return tail[0]
-    return lines[0] if lines else type(exc).__name__
-
-
-def _is_state_dict(obj: Mapping) -> bool:
-    return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-
-
-def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, model_name: str) -> None:
-    """Strict ``load_state_dict`` with a one-line account of every mismatch."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) ({_few(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) ({_few(unexpected)})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es) ({_few(shapes)}; checkpoint vs model)")
-        raise LoadError(f"checkpoint {source} does not match model {model_name}: {'; '.join(parts)}")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise LoadError(f"checkpoint {source} does not match model {model_name}: {_first_line(exc)}") from exc
-
-
-def _few(items: list[str], n: int = 3) -> str:
-    shown = ", ".join(items[:n])
-    return shown + (f", ... {len(items) - n} more" if len(items) > n else "")
-
-
 # -- models ----------------------------------------------------------------------------------------
 
 def load_model(spec: str, weights: str | os.PathLike | None = None, *, trust_pickle: bool = False,
                allow_untrained: bool = False) -> LoadedModel:
-    """Build the model named by ``spec`` (zoo name, ``module:factory`` or pickled-module file).
+    """Build the model named by ``spec`` and load ``weights`` into it.
 
+    ``spec``: a zoo name, ``timm:NAME`` / ``torchvision:NAME`` (random weights unless ``weights``),
+    ``package.module:factory``, an ``.onnx`` file, or a pickled-module file (with ``trust_pickle``).
+    ``weights``: a checkpoint file (``torch.save`` or ``.safetensors``), adapted as
+    :mod:`ann2snn.loading.checkpoints` describes; ``trust_pickle`` also lets it hold pickled objects.
+    What was adapted is logged on the ``ann2snn`` logger and kept in ``LoadedModel.notes``.
     ``allow_untrained``: a zoo model without a checkpoint comes with its initial weights (enough to
     inspect its graph) instead of raising.
     """
-    from . import zoo
+    from .. import zoo
+    from .named import parse_named
 
     spec = str(spec).strip()
     if not spec:
         raise LoadError("empty model name")
     if spec in zoo.ZOO:
-        return _zoo_model(spec, weights, allow_untrained)
-    path = Path(spec).expanduser()
-    if path.suffix.lower() == ".onnx":
-        return _onnx_model(path, weights)
-    looks_like_file = path.suffix.lower() in (".pt", ".pth", ".pkl", ".ckpt", ".bin") or os.sep in spec
-    if ":" in spec and not path.exists() and not looks_like_file:
-        return _factory_model(spec, weights)
-    if path.exists() or looks_like_file:
-        return _pickled_model(path, weights, trust_pickle)
-    raise LoadError(
-        f"unknown model {spec!r}: give a zoo name ({', '.join(sorted(zoo.ZOO)) or 'none registered'}), "
-        f"'package.module:factory', or a pickled model file with --trust-pickle"
-    )
+        loaded = _zoo_model(spec, weights, allow_untrained, trust_pickle)
+    elif parse_named(spec) is not None:
+        loaded = _named_model(spec, weights, trust_pickle)
+    else:
+        path = Path(spec).expanduser()
+        looks_like_file = path.suffix.lower() in (".pt", ".pth", ".pkl", ".ckpt", ".bin") or os.sep in spec
+        if path.suffix.lower() == ".onnx":
+            loaded = _onnx_model(path, weights)
+        elif ":" in spec and not path.exists() and not looks_like_file:
+            loaded = _factory_model(spec, weights, trust_pickle)
+        elif path.exists() or looks_like_file:
+            loaded = _pickled_model(path, weights, trust_pickle)
+        else:
+            raise LoadError(
+                f"unknown model {spec!r}: give a zoo name ({', '.join(sorted(zoo.ZOO)) or 'none registered'}), "
+                f"'timm:NAME', 'torchvision:NAME', 'package.module:factory', an .onnx file, or a pickled model "
+                f"file with --trust-pickle"
+            )
+    for note in loaded.notes:
+        log.info("%s: %s", loaded.name, note)
+    return loaded
 
 
-def _zoo_model(name: str, weights: str | os.PathLike | None, allow_untrained: bool = False) -> LoadedModel:
-    from . import zoo
+def _weights_into(model: nn.Module, weights: str | os.PathLike, name: str, trust_pickle: bool) -> list[str]:
+    """Load a checkpoint file into ``model``; the one adaptation line as a list (empty if none)."""
+    ckpt = load_checkpoint(weights, trust_pickle=trust_pickle)
+    line = adaptation_line(apply_state_dict(model, ckpt, str(weights), name))
+    return [line] if line else []
+
+
+def _zoo_model(name: str, weights: str | os.PathLike | None, allow_untrained: bool = False,
+               trust_pickle: bool = False) -> LoadedModel:
+    from .. import zoo
 
     entry = zoo.get_entry(name)
+    notes: list[str] = []
     if weights is not None:
         model = entry.factory()
-        apply_state_dict(model, load_state_dict_file(weights), str(weights), name)
+        notes = _weights_into(model, weights, name, trust_pickle)
         used = str(weights)
     elif allow_untrained and not entry.has_checkpoint:
         model, used = entry.factory(), None
+        notes = ["no checkpoint: the model has its initial (random) weights"]
     else:
         if not entry.has_checkpoint:
             where = entry.checkpoint_path or "(none registered)"
@@ -196,24 +162,40 @@ def _zoo_model(name: str, weights: str | os.PathLike | None, allow_untrained: bo
                 f"'python benchmarks/train_zoo.py --models {name}' or pass --weights FILE"
             )
         model = entry.factory()
-        apply_state_dict(model, load_state_dict_file(entry.checkpoint_path), str(entry.checkpoint_path), name)
+        apply_state_dict(model, load_checkpoint(entry.checkpoint_path), str(entry.checkpoint_path), name)
         used = f"zoo:{entry.checkpoint}"
     model.eval()
     return LoadedModel(model, name, "zoo", used, tuple(entry.input_shape), entry.dataset, entry.num_classes,
-                       task=entry.task)
+                       task=entry.task, notes=notes)
+
+
+def _named_model(spec: str, weights: str | os.PathLike | None, trust_pickle: bool) -> LoadedModel:
+    """``timm:NAME`` / ``torchvision:NAME``: the architecture (never downloaded), then ``weights``."""
+    from .named import build_named
+
+    model = build_named(spec)
+    if weights is not None:
+        notes = _weights_into(model, weights, spec, trust_pickle)
+    else:
+        notes = ["no --weights given: the model has random weights (nothing is downloaded; give a local "
+                 "state_dict or .safetensors file with --weights)"]
+    model.eval()
+    return LoadedModel(model, spec, spec.split(":", 1)[0], str(weights) if weights is not None else None,
+                       notes=notes)
 
 
 def _onnx_model(path: Path, weights: str | os.PathLike | None) -> LoadedModel:
     """An ONNX file, read by ann2snn's own ONNX reader (needs the ``onnx`` package)."""
-    from .export.onnx import load_onnx
+    from .onnx import load_onnx
 
     if weights is not None:
         raise LoadError(f"{path} is an ONNX model, which holds its weights: drop --weights")
     module, shape, notes = load_onnx(path)
-    return LoadedModel(module, str(path), "onnx", None, shape, extra={"notes": notes} if notes else {})
+    return LoadedModel(module, str(path), "onnx", None, shape, extra={"notes": notes} if notes else {},
+                       notes=list(notes))
 
 
-def _factory_model(spec: str, weights: str | os.PathLike | None) -> LoadedModel:
+def _factory_model(spec: str, weights: str | os.PathLike | None, trust_pickle: bool = False) -> LoadedModel:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise LoadError(f"model {spec!r}: expected 'package.module:factory'")
@@ -232,7 +214,7 @@ def _factory_model(spec: str, weights: str | os.PathLike | None) -> LoadedModel:
             raise LoadError(f"module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if isinstance(obj, nn.Module):
-        model = obj
+        model = copy.deepcopy(obj)  # the module's own instance stays as it is
     elif callable(obj):
         try:
             model = obj()
@@ -242,10 +224,9 @@ def _factory_model(spec: str, weights: str | os.PathLike | None) -> LoadedModel:
         raise LoadError(f"{spec} is neither a model nor a callable that builds one")
     if not isinstance(model, nn.Module):
         raise LoadError(f"{spec}() returned {type(model).__name__}, not a torch.nn.Module")
-    if weights is not None:
-        apply_state_dict(model, load_state_dict_file(weights), str(weights), spec)
+    notes = _weights_into(model, weights, spec, trust_pickle) if weights is not None else []
     model.eval()
-    return LoadedModel(model, spec, "factory", str(weights) if weights is not None else None)
+    return LoadedModel(model, spec, "factory", str(weights) if weights is not None else None, notes=notes)
 
 
 def _pickled_model(path: Path, weights: str | os.PathLike | None, trust_pickle: bool) -> LoadedModel:
@@ -259,7 +240,8 @@ def _pickled_model(path: Path, weights: str | os.PathLike | None, trust_pickle: 
         if isinstance(probe, Mapping):
             raise LoadError(
                 f"{path} is a state_dict (weights only), not a model: give the architecture as MODEL "
-                f"(a zoo name or 'package.module:factory') and this file as --weights")
+                f"(a zoo name, 'timm:NAME', 'torchvision:NAME' or 'package.module:factory') and this file as "
+                f"--weights")
         raise LoadError(
             f"{path} would be unpickled, which can run arbitrary code: pass --trust-pickle if you trust "
             f"the file, or give 'package.module:factory' with --weights STATE_DICT"
@@ -272,17 +254,16 @@ def _pickled_model(path: Path, weights: str | os.PathLike | None, trust_pickle: 
         hint = " (it looks like a state_dict: give the architecture as MODEL and this file as --weights)" \
             if isinstance(obj, Mapping) else ""
         raise LoadError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module{hint}")
-    if weights is not None:
-        apply_state_dict(obj, load_state_dict_file(weights), str(weights), str(path))
+    notes = _weights_into(obj, weights, str(path), trust_pickle) if weights is not None else []
     obj.eval()
-    return LoadedModel(obj, str(path), "pickle", str(weights) if weights is not None else None)
+    return LoadedModel(obj, str(path), "pickle", str(weights) if weights is not None else None, notes=notes)
 
 
 # -- data ------------------------------------------------------------------------------------------
 
 def bundled_input_shape(spec: str) -> tuple[int, ...] | None:
     """The input shape of a bundled dataset name (without loading it), else None."""
-    from .data import DATASETS
+    from ..data import DATASETS
 
     key = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}.get(
         str(spec).lower(), str(spec).lower())
@@ -298,7 +279,7 @@ def load_data(spec: str, split: str, *, input_shape: tuple[int, ...] | None = No
     ``mean`` / ``std`` normalise ``.npz`` and folder data (bundled datasets come normalised).
     Raises :class:`LoadError` for missing, corrupt, empty or non-finite data.
     """
-    from .data import DATASETS, get_dataset
+    from ..data import DATASETS, get_dataset
 
     spec = str(spec)
     kwargs: dict[str, Any] = {}
