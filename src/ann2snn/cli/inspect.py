@@ -161,11 +161,21 @@ def describe_graph(model: nn.Module, cfg: ConversionConfig, example: torch.Tenso
     return rows, stats, None
 
 
+def _catalogue_input_shape(loaded: Any) -> tuple[int, ...] | None:
+    """The input size a timm model declares (``pretrained_cfg['input_size']``); 3x224x224 for torchvision."""
+    cfg = getattr(loaded.module, "pretrained_cfg", None) or getattr(loaded.module, "default_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("input_size"):
+        return tuple(int(v) for v in cfg["input_size"])
+    if loaded.kind == "torchvision":
+        return (3, 224, 224)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     loaded = load_model(args.model, args.weights, trust_pickle=args.trust_pickle, allow_untrained=True)
     print_notes(loaded)
-    shape = loaded.input_shape
+    shape = loaded.input_shape or _catalogue_input_shape(loaded)
     if args.input_shape:
         try:
             shape = tuple(int(v) for v in args.input_shape.replace("x", ",").split(",") if v.strip())
@@ -185,11 +195,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {i:>3}  {_short(r['node'], w_node):<{w_node}}  {_short(r['op'], w_op):<{w_op}}  {r['becomes']}")
     if error is not None:
         offenders = getattr(error, "offenders", [])
-        print(f"\n{len(offenders)} operation(s) cannot convert:")
-        for o in offenders:
-            print(f"  - {o.describe()}")
-        print("Only ReLU-family activations, conv / linear layers, pooling, BatchNorm, residual additions, "
-              "concatenation and reshaping convert; replace the listed operations and try again.")
+        print(f"\n{len(offenders)} operation(s) cannot convert, by kind:")
+        for line in str(error).splitlines()[1:]:  # grouped by kind, activations first, then what helps
+            print(line)
         print(f"ann2snn: {args.model}: {len(offenders)} operation(s) cannot convert", file=sys.stderr)
         return 1
     counts = {k: sum(1 for r in rows if r["kind"] == k) for k in ("neuron", "weighted", "maxpool")}
