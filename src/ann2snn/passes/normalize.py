@@ -38,7 +38,7 @@ def _offender_kind(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[str, i
 
         return op_label(node.target)
     if node.op == "call_function" and node.target in (operator.mul, operator.truediv, torch.mul, torch.div):
-        return "product of two activations", 2
+        return f"product of two activations ({node.target.__name__})", 2
     name = getattr(node.target, "__name__", node.target)
     rank = 0 if str(name).lower() in {"sigmoid", "tanh", "gelu", "silu", "softmax", "log_softmax", "hardswish",
                                       "mish", "elu", "selu", "softplus", "exp"} else 2
