@@ -185,3 +185,39 @@ def test_docs_list_every_aten_op_of_the_table():
     table = page.split("## The ATen op table", 1)[1]
     missing = sorted({p.__name__ for p in ATEN_OPS if f"`{p.__name__}`" not in table})
     assert not missing, missing
+
+
+class StdConv2d(nn.Conv2d):
+    """NF-ResNet's pattern: the weight standardised at run time from the stored parameter."""
+
+    def forward(self, x):
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0,
+                         eps=1e-5).reshape_as(self.weight)
+        return F.conv2d(x, w * 0.5, self.bias, self.stride, self.padding)
+
+
+class LearnableAffine(nn.Module):
+    """HGNetV2's pattern: a learnt scalar scale and bias on an activation."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([1.5]))
+        self.bias = nn.Parameter(torch.tensor([0.1]))
+
+    def forward(self, x):
+        return self.scale * x + self.bias
+
+
+def test_weights_computed_from_parameters_are_folded_and_constant_affines_count_as_spikes():
+    torch.manual_seed(3)
+    model = nn.Sequential(StdConv2d(3, 8, 3, padding=1), nn.ReLU(), LearnableAffine(), nn.Conv2d(8, 8, 3),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+    x = torch.randn(16, 3, 8, 8)
+    (e16, e256), snn = _relative_errors(model, x)
+    assert e256 < 0.05 and e256 < e16 / 2, (e16, e256)
+    # the standardised weight became the first conv's stored weight
+    assert isinstance(snn.graph_module.get_submodule("0"), nn.Conv2d)
+    _, report = measure(snn, x, 8)
+    layers = {r.name: r for r in report.layers}
+    assert layers["0"].macs > 0 and layers["0"].sops == 0  # analog input
+    assert layers["3"].sops > 0 and layers["3"].macs == 0  # spikes scaled and shifted by constants

@@ -164,7 +164,10 @@ class _Lifter:
         return fx.node.map_arg(a, lambda n: self.env[n])
 
     def const(self, a: Any) -> Any:
-        """A parameter or buffer fed to an op (a ``get_attr`` of the exported module) as a tensor."""
+        """A parameter or buffer fed to an op (a ``get_attr`` of the exported module, or a value computed
+        from them at capture time) as a tensor."""
+        if isinstance(a, fx.Node) and isinstance(self.env.get(a), _Attr) and self.env[a].value is not None:
+            return self.env[a].value
         if isinstance(a, fx.Node) and a.op == "get_attr":
             obj: Any = self.src
             for part in a.target.split("."):
@@ -246,8 +249,8 @@ class _Lifter:
         """Turn stored constants that reach an op as values into ``get_attr`` nodes."""
         def one(a: Any) -> Any:
             if isinstance(a, _Attr):
-                name = self.fresh(a.node.target)
-                t = self.const(a.node)
+                name = self.fresh(str(a.node.target) if a.node.op == "get_attr" else f"{a.node.name}_const")
+                t = a.value if a.value is not None else self.const(a.node)
                 self.root.register_buffer(name, t.clone())
                 return self.graph.get_attr(name)
             return a
@@ -255,10 +258,27 @@ class _Lifter:
             return type(v)(self.materialise(a) for a in v)
         return one(v)
 
+    def fold(self, node: fx.Node) -> _Attr | None:
+        """Compute at capture time an op whose tensor inputs are all stored tensors: weight
+        standardisation, re-parameterised kernels, scales computed from parameters. Its result is a
+        constant of the converted model, like any weight."""
+        inputs = node.all_input_nodes
+        if not inputs or not all(isinstance(self.env.get(a), _Attr) for a in inputs):
+            return None
+        if not isinstance(node.meta.get("val"), Tensor):
+            return None
+        real = fx.node.map_arg((node.args, node.kwargs), lambda n: self.const(n))
+        with torch.no_grad():
+            value = node.target(*real[0], **real[1])
+        return _Attr(node, value.detach()) if isinstance(value, Tensor) else None
+
     def call(self, node: fx.Node) -> Any:
         target = node.target
         if target in _SKIP or _packet(target) in _SKIP:
             return None
+        folded = self.fold(node)
+        if folded is not None:
+            return folded
         handler = ATEN_OPS.get(target) or ATEN_OPS.get(_packet(target))
         args = tuple(self.value(a) for a in node.args)
         kwargs = {k: self.value(v) for k, v in node.kwargs.items()}
@@ -282,10 +302,12 @@ class _NotLiftable(Exception):
 
 
 class _Attr:
-    """A ``get_attr`` of the exported module, not yet placed in the new graph."""
+    """A stored tensor (a ``get_attr`` of the exported module) or one computed from stored tensors alone
+    (``value``), not yet placed in the new graph."""
 
-    def __init__(self, node: fx.Node) -> None:
+    def __init__(self, node: fx.Node, value: Tensor | None = None) -> None:
         self.node = node
+        self.value = value
 
 
 def _weight(L: _Lifter, node: fx.Node, i: int, name: str) -> Tensor | None:

@@ -162,7 +162,7 @@ class _EventTracer:
                 return F.interpolate(src, size=mod.size, scale_factor=mod.scale_factor, mode="nearest")
             return mod(src)
         node_args = node.all_input_nodes
-        if any(self.events(a) is None for a in node_args if not _is_structural(a)):
+        if any(self.events(a) is None for a in node_args if not _is_structural(a) and a.op != "get_attr"):
             return None
         args = fx.node.map_arg(node.args, self.events)
         kwargs = fx.node.map_arg(node.kwargs, self.events)
@@ -171,7 +171,14 @@ class _EventTracer:
             if target in _SCALE_FUNCS:
                 return next(a for a in args if isinstance(a, Tensor))
             if target in _ADD_FUNCS:
-                return args[0] + args[1] if all(isinstance(a, Tensor) for a in args[:2]) else None
+                if all(isinstance(a, Tensor) for a in args[:2]):
+                    return args[0] + args[1]
+                # spikes plus a constant (a number or a stored tensor): the constant is a bias of the
+                # next layer, the spikes are what it receives
+                spikes = [e for e, a in zip(args[:2], node.args[:2], strict=False)
+                          if isinstance(e, Tensor) and isinstance(a, fx.Node) and a.op != "get_attr"]
+                constant = [a for a in node.args[:2] if not isinstance(a, fx.Node) or a.op == "get_attr"]
+                return spikes[0] if len(spikes) == 1 and len(constant) == 1 else None
             if target in _AVG_FUNCS:
                 ks = args[1] if len(args) > 1 else kwargs["kernel_size"]
                 ks = ks if isinstance(ks, (tuple, list)) else (ks,) * (args[0].ndim - 2)
