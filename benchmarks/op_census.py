@@ -133,9 +133,16 @@ def run(args, data: dict, out: Path) -> None:
         return "error" not in c and not c.get("other_modules") and bool(c.get("relu_modules"))
 
     # phase 2: export, ReLU-family first, then the rest of torchvision
+    # first one model of each timm module (the smallest), then the second of each, ...: the distinct
+    # ops show up early
     todo = [c for c in cat if c[0] == "torchvision" or relu_by_modules(key(c[0], c[2]))]
-    todo.sort(key=lambda c: (not relu_by_modules(key(c[0], c[2])), c[0] != "torchvision",
-                             data["classify"].get(key(c[0], c[2]), {}).get("params", 0)))
+    module = timm_modules() if "timm" in families else {}
+    size = {c: data["classify"].get(key(c[0], c[2]), {}).get("params", 0) for c in todo}
+    rank: dict = {}
+    for c in sorted(todo, key=lambda c: size[c]):
+        group = module.get(c[2], c[2]) if c[0] == "timm" else c[1]
+        rank[c] = sum(1 for d in rank if (module.get(d[2], d[2]) if d[0] == "timm" else d[1]) == group)
+    todo.sort(key=lambda c: (not relu_by_modules(key(c[0], c[2])), rank[c], size[c]))
     done = 0
     for fam, kind, name in todo:
         k = key(fam, name)
@@ -166,6 +173,12 @@ def run(args, data: dict, out: Path) -> None:
             render(data, out.with_suffix(".md"))
     worker.stop()
     save(data, out)
+
+
+def timm_modules() -> dict[str, str]:
+    import timm
+
+    return {n: m for m in timm.list_modules() for n in timm.list_models(module=m)}
 
 
 def provenance() -> dict:
