@@ -235,7 +235,7 @@ def render(data: dict, path: Path) -> None:
 
     lines += op_table(relu, "Ops of the ReLU-family models (what the new op table must cover)")
     other = {k: m for k, m in exported.items() if k not in relu}
-    lines += op_table(other, "Ops of the other exported models (torchvision non-ReLU; for refusal messages)")
+    lines += op_table(other, "Ops of the other exported models (a non-ReLU activation in the graph or its modules)")
     lines += ["## Non-ReLU activations found in exported graphs", "", "| model | activation ops | by modules |",
               "|---|---|---|"]
     for k, m in sorted(other.items()):
