@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean data hed
+.PHONY: setup demo test lint bench clean data hed reach reach-venv census
 
 setup: $(BIN)/.installed
 
@@ -55,6 +55,28 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks examples
+
+# The reach benchmark (outside CI): every timm architecture and torchvision classification /
+# segmentation / video model, random weights, converted and checked for convergence. Its own venv:
+# timm needs torchvision, and torchvision 0.29 needs torch 2.14 (0.28 cannot load its ops beside the
+# CPU torch 2.13 wheel). ann2snn is read from src/ through PYTHONPATH. REACH_ARGS: e.g. --family
+# torchvision --limit 20 (results resume from benchmarks/results/reach_*.json).
+REACH_VENV ?= .venv-reach
+REACH_ARGS ?=
+
+reach-venv: $(REACH_VENV)/.installed
+
+$(REACH_VENV)/.installed:
+	$(PY) -m venv $(REACH_VENV)
+	$(REACH_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 timm
+	touch $@
+
+reach: reach-venv
+	OMP_NUM_THREADS=1 PYTHONPATH=$(CURDIR)/src $(REACH_VENV)/bin/python benchmarks/reach.py $(REACH_ARGS)
+
+# The torch.export op census (op_census.md): which ATen ops ReLU-family timm and torchvision models produce.
+census: reach-venv
+	OMP_NUM_THREADS=1 $(REACH_VENV)/bin/python benchmarks/op_census.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
