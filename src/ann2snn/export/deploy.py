@@ -1,0 +1,515 @@
+"""Hardware-ready export: NIR graphs that other SNN libraries' own NIR importers load and run.
+
+The toolchains that read NIR (snnTorch, sinabs for SynSense Speck, Norse, Rockpool for Xylo) run
+integrate-and-fire neurons with **one threshold per layer**, and each reads only some NIR nodes.
+ann2snn's neurons have a threshold per channel, so the export first applies the classic **weight
+normalisation** (:func:`fold_thresholds`), an exact rewrite of the network:
+
+* a neuron layer with thresholds ``theta_c`` becomes one with threshold 1: the layer that feeds it
+  has its output channel ``c`` (weights and bias) divided by ``theta_c``, the membrane, its initial
+  value and the bias correction too, so the membrane is ``v / theta_c`` and the same spikes fire;
+* the spikes leave as counts (``s``, not ``s * theta_c``): every layer that reads them has its input
+  channel ``c`` multiplied by ``theta_c``;
+* where values meet (a residual addition) their scales must agree: a branch whose scale differs gets
+  a per-channel scale (a depthwise 1x1 convolution); concatenations keep each part's scale; pooling
+  and reshapes carry the scale through (max-pooling commutes with a positive per-channel scale);
+* a channel that never fires (threshold 0) gets zero input weights;
+* the network's output keeps scale 1: the folded network computes the same numbers.
+
+:func:`normalize` returns the folded network as a :class:`~ann2snn.model.SpikingModel`, so the
+rewrite can be checked against the original (``tests/test_deploy.py``). :func:`deploy_ops` then
+shapes the folded layers to what a target reads (:data:`TARGETS`), and :func:`to_deploy_nir` writes
+them as standard NIR nodes. :func:`run_reader` loads such a file with the target library's own NIR
+import and runs it (the library must be installed; see docs/export.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConversionError, OffendingNode
+from ..model import SpikingModel
+from .ir import ExportError, Op, build, lower
+
+__all__ = ["TARGETS", "TARGET_LIMITS", "avgpool_model", "deploy_ops", "export_deploy", "fold_thresholds",
+           "normalize", "to_deploy_nir"]
+
+TARGETS = ("snntorch", "sinabs", "norse", "rockpool", "nir-exact")
+
+#: What each target reads: the pooling node, whether it takes burst neurons, how the initial
+#: membrane is set after the import (``state``: through the library's own state API).
+TARGET_LIMITS: dict[str, dict[str, Any]] = {
+    "snntorch": {"pool": "avg", "burst": False, "library": "snntorch"},
+    "sinabs": {"pool": "sum", "burst": True, "library": "sinabs"},
+    "norse": {"pool": "sum", "burst": False, "library": "norse"},
+    "rockpool": {"pool": "sum", "burst": False, "library": "rockpool"},
+    "nir-exact": {"pool": "avg", "burst": True, "library": None},
+}
+
+
+# -- exact weight normalisation ---------------------------------------------------------------------
+
+def _per_channel_value(m: Tensor, what: str, name: str) -> Tensor:
+    """``m`` (a per-element multiplier of a ``(C, ...)`` sample) as one value per channel."""
+    if m.ndim <= 1:
+        return m.reshape(-1)
+    flat = m.reshape(m.shape[0], -1)
+    if not bool((flat == flat[:, :1]).all()):
+        raise ExportError("a hardware target", [OffendingNode(name, what, "its input's scale varies within a "
+                                                                          "channel (it cannot be folded into weights)")])
+    return flat[:, 0].clone()
+
+
+def _broadcast(c: Tensor, shape: tuple[int, ...]) -> Tensor:
+    if len(shape) == 0:
+        return c.reshape(())
+    return c.reshape(-1, *([1] * (len(shape) - 1))).expand(*shape).clone()
+
+
+def _neuron_multiplier(op: Op) -> tuple[Tensor, Tensor, Tensor]:
+    """(input multiplier 1/theta, 0 where dead; output scale theta, 1 where dead; live mask), per channel."""
+    theta = torch.as_tensor(op.tensors["threshold"], dtype=torch.float64).reshape(-1)
+    channels = op.shape[0] if len(op.shape) else 1
+    if theta.numel() == 1 and channels > 1:
+        theta = theta.expand(channels).clone()
+    live = theta > 0
+    m_in = torch.where(live, 1.0 / torch.where(live, theta, torch.ones_like(theta)), torch.zeros_like(theta))
+    out_scale = torch.where(live, theta, torch.ones_like(theta))
+    return m_in, out_scale, live
+
+
+def fold_thresholds(ops: list[Op]) -> list[Op]:
+    """The layer list with every neuron's thresholds folded into the weights (all thresholds 1).
+
+    Exact: the folded network fires the same spikes (as counts) and returns the same output, up to
+    float32 rounding of the rescaled weights (none when thresholds are powers of two).
+    A value carries a multiplier ``m`` (folded = m * original), chosen so that each neuron receives
+    ``m = 1 / theta``; convolutions, linear layers and per-channel affine maps absorb any change of
+    multiplier, additions get a per-channel rescale on a branch whose multiplier differs.
+    """
+    by_name = {op.name: op for op in ops}
+    consumers: dict[str, list[Op]] = {op.name: [] for op in ops}
+    for op in ops:
+        for i in op.inputs:
+            consumers[i].append(op)
+
+    # 1. what each value's consumers want its multiplier to be (back to front)
+    want: dict[str, Tensor | None] = {}
+
+    def wish(name: str, m: Tensor) -> None:
+        prev = want.get(name, "unset")
+        if isinstance(prev, str):
+            want[name] = m
+        elif prev is not None and not torch.equal(prev, m):
+            want[name] = None  # consumers disagree: the producer keeps scale 1, consumers rescale
+
+    for op in reversed(ops):
+        out_want = want.get(op.name)
+        out_want = None if isinstance(out_want, str) else out_want
+        if op.kind == "neuron":
+            m_in, _, _ = _neuron_multiplier(op)
+            wish(op.inputs[0], _broadcast(m_in, op.shape))
+        elif op.kind == "output":
+            wish(op.inputs[0], torch.ones(op.shape, dtype=torch.float64))
+        elif out_want is None:
+            continue
+        elif op.kind == "add":
+            for i in op.inputs:
+                wish(i, out_want)
+        elif op.kind in ("avg_pool", "adaptive_avg_pool", "max_pool"):
+            flat = out_want.reshape(out_want.shape[0], -1)
+            if bool((flat == flat[:, :1]).all()):
+                wish(op.inputs[0], _broadcast(flat[:, 0], by_name[op.inputs[0]].shape))
+        elif op.kind == "reshape":
+            wish(op.inputs[0], out_want.reshape(by_name[op.inputs[0]].shape))
+        elif op.kind == "concat":
+            sizes = [by_name[i].shape[op.attrs["dim"]] for i in op.inputs]
+            for i, part in zip(op.inputs, torch.split(out_want, sizes, dim=op.attrs["dim"]), strict=True):
+                wish(i, part.clone())
+
+    def wanted(name: str, shape: tuple[int, ...]) -> Tensor:
+        w = want.get(name)
+        if isinstance(w, Tensor):
+            return w
+        return torch.ones(shape, dtype=torch.float64)
+
+    # 2. front to back: the actual multipliers, the rescaled tensors, rescales where needed
+    out: list[Op] = []
+    mult: dict[str, Tensor] = {}
+    rename: dict[str, str] = {}
+
+    def rescale(source: str, shape: tuple[int, ...], have: Tensor, need: Tensor, tag: str) -> str:
+        """A per-channel rescale from multiplier ``have`` to ``need`` (returns the value to read)."""
+        if torch.equal(have, need):
+            return source
+        h = _per_channel_value(have, "rescale", source)
+        n = _per_channel_value(need, "rescale", source)
+        if bool(((h == 0) & (n != 0)).any()):
+            raise ExportError("a hardware target", [OffendingNode(source, "rescale", "a value scaled by 0 is read "
+                                                                                    "elsewhere at another scale")])
+        ratio = torch.where(h != 0, n / torch.where(h != 0, h, torch.ones_like(h)), torch.zeros_like(h))
+        name = f"{source}_rescale_{tag}"
+        out.append(Op(name, "channel_affine", [source], shape, {"rescale": True},
+                      {"scale": ratio.float(), "shift": torch.zeros(ratio.numel())}))
+        mult[name] = need
+        return name
+
+    def m_channels(name: str, what: str) -> Tensor:
+        return _per_channel_value(mult[name], what, name)
+
+    for op in ops:
+        op = copy.copy(op)
+        op.attrs, op.tensors = dict(op.attrs), dict(op.tensors)
+        op.inputs = [rename.get(i, i) for i in op.inputs]
+        k = op.kind
+        if k == "input":
+            mult[op.name] = torch.ones(op.shape, dtype=torch.float64)
+        elif k == "output":
+            op.inputs = [rescale(op.inputs[0], op.shape, mult[op.inputs[0]],
+                                 torch.ones(op.shape, dtype=torch.float64), "out")]
+        elif k in ("conv", "linear", "channel_affine"):
+            src = op.inputs[0]
+            m_out = wanted(op.name, op.shape)
+            if k == "conv" or len(op.shape) > 1:
+                m_out = _broadcast(_per_channel_value(m_out, k, op.name), op.shape)
+            c_out = m_out.reshape(-1) if k == "linear" else _per_channel_value(m_out, k, op.name)
+            c_in = mult[src].reshape(-1) if k == "linear" else m_channels(src, k)
+            if bool((c_in == 0).any()):
+                raise ExportError("a hardware target", [OffendingNode(op.name, k, "reads a value scaled by 0")])
+            if k == "channel_affine":
+                op.tensors["scale"] = (op.tensors["scale"].double().reshape(-1) * c_out / c_in).float()
+                op.tensors["shift"] = (op.tensors["shift"].double().reshape(-1) * c_out).float()
+            else:
+                w = op.tensors["weight"].double()
+                if k == "conv" and op.attrs["transposed"]:
+                    raise ExportError("a hardware target", [OffendingNode(op.name, "conv", "transposed convolution")])
+                if k == "conv" and op.attrs["groups"] > 1:
+                    g = op.attrs["groups"]
+                    per, cin_g = w.shape[0] // g, w.shape[1]
+                    inv = (1.0 / c_in).reshape(g, cin_g).repeat_interleave(per, dim=0)  # [out, in/groups]
+                else:
+                    inv = (1.0 / c_in).reshape(1, -1).expand(w.shape[0], -1)
+                w = w * c_out.reshape(-1, *([1] * (w.ndim - 1))) * inv.reshape(*inv.shape, *([1] * (w.ndim - 2)))
+                op.tensors["weight"] = w.float()
+                op.tensors["bias"] = (op.tensors["bias"].double().reshape(-1) * c_out).float()
+                op.attrs["has_bias"] = op.attrs.get("has_bias", True) or bool(op.tensors["bias"].any())
+            mult[op.name] = m_out
+        elif k in ("avg_pool", "adaptive_avg_pool", "max_pool"):
+            mult[op.name] = _broadcast(m_channels(op.inputs[0], k), op.shape)
+        elif k == "reshape":
+            mult[op.name] = mult[op.inputs[0]].reshape(op.shape)
+        elif k == "concat":
+            mult[op.name] = torch.cat([mult[i] for i in op.inputs], dim=op.attrs["dim"])
+        elif k == "add":
+            target = wanted(op.name, op.shape)
+            op.inputs = [rescale(i, op.shape, mult[i], target, f"{op.name}_{j}") for j, i in enumerate(op.inputs)]
+            mult[op.name] = target
+        elif k == "neuron":
+            m_in, out_scale, live = _neuron_multiplier(op)
+            src = rescale(op.inputs[0], op.shape, mult[op.inputs[0]], _broadcast(m_in, op.shape), op.name)
+            op.inputs = [src]
+            channels = m_in.numel()
+
+            def per(t: Any, channels: int = channels) -> Tensor:
+                t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+                return t.expand(channels).clone() if t.numel() == 1 else t
+
+            v0 = float(op.attrs["v0"])
+            offset = per(op.tensors["v0_offset"]) * m_in
+            # a silent channel gets no input; it must also start below its threshold of 1
+            offset = torch.where(live, offset, torch.full_like(offset, min(0.0, 0.5 - v0)))
+            op.tensors = {"threshold": torch.ones(channels), "v0_offset": offset.float(),
+                          "bias_shift": (per(op.tensors["bias_shift"]) * m_in).float()}
+            op.attrs["clip"] = None  # the analog stand-in (ReLU6's 6) has no single value per layer any more
+            op.attrs["folded_scale"] = out_scale.float()
+            mult[op.name] = _broadcast(1.0 / out_scale, op.shape)
+        out.append(op)
+    return out
+
+
+@torch.no_grad()
+def normalize(snn: SpikingModel, example_shape: tuple[int, ...] | None = None) -> SpikingModel:
+    """The network with every layer's thresholds folded into the weights (threshold 1 everywhere):
+    same spikes, same output. ``snn`` is not modified."""
+    ops = fold_thresholds(lower(snn, example_shape, target="weight normalisation"))
+    return build(ops, snn.config, dict(snn.info))
+
+
+# -- shaping the folded network for a target --------------------------------------------------------
+
+def _absorb_biases(ops: list[Op]) -> list[Op]:
+    """Each neuron's constant per-step input (bias correction, spread start) moved into the bias of
+    the layer that feeds it where that layer feeds nothing else, else into a per-channel affine."""
+    consumers: dict[str, int] = {}
+    for op in ops:
+        for i in op.inputs:
+            consumers[i] = consumers.get(i, 0) + 1
+    by_name = {op.name: op for op in ops}
+    out: list[Op] = []
+    for op in ops:
+        if op.kind == "neuron" and bool(op.tensors["bias_shift"].any()):
+            shift = op.tensors["bias_shift"].reshape(-1)
+            src = by_name[op.inputs[0]]
+            if src.kind in ("conv", "linear", "channel_affine") and consumers[src.name] == 1:
+                key = "shift" if src.kind == "channel_affine" else "bias"
+                src.tensors[key] = src.tensors[key] + shift
+                src.attrs["has_bias"] = True
+            else:
+                name = f"{op.name}_bias"
+                out.append(Op(name, "channel_affine", [op.inputs[0]], op.shape, {},
+                              {"scale": torch.ones(shift.numel()), "shift": shift.clone()}))
+                op.inputs = [name]
+            op.tensors = {**op.tensors, "bias_shift": torch.zeros_like(shift)}
+        out.append(op)
+    return out
+
+
+def _as_convs(ops: list[Op]) -> list[Op]:
+    """Flatten + Linear as one convolution whose kernel covers the whole map, and every later vector
+    layer as a 1x1 convolution: the network stays in ``(C, H, W)`` samples (no Flatten node, which
+    readers disagree on: some flatten the batch dimension too)."""
+    shape_of: dict[str, tuple[int, ...]] = {}
+    alias: dict[str, str] = {}
+    out: list[Op] = []
+    for op in ops:
+        op.inputs = [alias.get(i, i) for i in op.inputs]
+        ins = [shape_of[i] for i in op.inputs]
+        if op.kind == "reshape":
+            readers = [o for o in ops if op.name in o.inputs]
+            if len(op.shape) != 1 or any(o.kind != "linear" for o in readers):
+                raise ExportError("a hardware target", [OffendingNode(op.name, "reshape",
+                                                                      f"reshape to {tuple(op.shape)}")])
+            alias[op.name] = op.inputs[0]  # the next linear layer reads the map directly
+            shape_of[op.name] = ins[0]
+            continue
+        if op.kind == "linear":
+            src = ins[0]
+            w = op.tensors["weight"]
+            if len(src) == 1:
+                src = (src[0], 1, 1)
+            kernel = w.reshape(w.shape[0], *src)
+            op = Op(op.name, "conv", op.inputs, (w.shape[0], 1, 1),
+                    {"dims": 2, "transposed": False, "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1],
+                     "groups": 1, "output_padding": [0, 0], "has_bias": True},
+                    {"weight": kernel.contiguous(), "bias": op.tensors["bias"]})
+        elif op.kind == "input" and len(op.shape) == 1:
+            raise ExportError("a hardware target", [OffendingNode(op.name, "input", "vector inputs: give the input "
+                                                                                  "as (C, H, W)")])
+        elif op.kind in ("neuron", "channel_affine", "add", "output", "concat") and ins and len(ins[0]) == 3 \
+                and len(op.shape) == 1:
+            op.shape = ins[0]
+        shape_of[op.name] = tuple(op.shape)
+        out.append(op)
+    return out
+
+
+def _pools(ops: list[Op], pool: str) -> list[Op]:
+    """Average pooling as the target's pooling node, with fixed windows (an adaptive pool with equal
+    windows becomes a plain one). ``sum``: a sum pool followed by a per-channel scale 1/k^2, which
+    the next layer absorbs (:func:`_merge_affines`)."""
+    shape_of = {op.name: tuple(op.shape) for op in ops}
+    out: list[Op] = []
+    renamed: dict[str, str] = {}
+    for op in ops:
+        op.inputs = [renamed.get(i, i) for i in op.inputs]
+        if op.kind not in ("avg_pool", "adaptive_avg_pool"):
+            out.append(op)
+            continue
+        in_shape = shape_of[op.inputs[0]]
+        if op.kind == "adaptive_avg_pool":
+            h, w = in_shape[1:]
+            oh, ow = op.attrs["output_size"]
+            if h % oh or w % ow:
+                raise ExportError("a hardware target", [OffendingNode(op.name, "adaptive_avg_pool",
+                                                                      f"from {h}x{w} to {oh}x{ow}: windows of unequal size")])
+            k = s = [h // oh, w // ow]
+        else:
+            a = op.attrs
+            if any(a["padding"]) or a["ceil_mode"] or a.get("divisor_override"):
+                raise ExportError("a hardware target", [OffendingNode(op.name, "avg_pool",
+                                                                      "padding, ceil_mode or divisor_override")])
+            k, s = a["kernel_size"], a["stride"]
+        attrs = {"dims": 2, "kernel_size": list(k), "stride": list(s), "padding": [0, 0], "ceil_mode": False,
+                 "count_include_pad": True, "divisor_override": 1 if pool == "sum" else None}
+        out.append(Op(op.name, "avg_pool", op.inputs, op.shape, attrs))
+        if pool == "sum":
+            area = float(k[0] * k[1])
+            out.append(Op(f"{op.name}_mean", "channel_affine", [op.name], op.shape, {"rescale": True},
+                          {"scale": torch.full((op.shape[0],), 1.0 / area), "shift": torch.zeros(op.shape[0])}))
+            renamed[op.name] = f"{op.name}_mean"
+    return out
+
+
+def _merge_affines(ops: list[Op]) -> list[Op]:
+    """A per-channel affine map folded into the convolution (or affine map) it feeds, when it feeds
+    only that layer; the map must be the layer's only input."""
+    consumers: dict[str, list[Op]] = {}
+    for op in ops:
+        for i in op.inputs:
+            consumers.setdefault(i, []).append(op)
+    drop: set[str] = set()
+    for op in ops:
+        if op.kind != "channel_affine" or len(consumers.get(op.name, [])) != 1:
+            continue
+        nxt = consumers[op.name][0]
+        scale = op.tensors["scale"].double().reshape(-1)
+        shift = op.tensors["shift"].double().reshape(-1)
+        if nxt.kind == "conv" and not nxt.attrs["transposed"] and (nxt.attrs["groups"] == 1 or not shift.any()) \
+                and not (shift.any() and any(nxt.attrs["padding"])):
+            w = nxt.tensors["weight"].double()
+            g = nxt.attrs["groups"]
+            per, cin_g = w.shape[0] // g, w.shape[1]
+            s = scale.reshape(g, cin_g).repeat_interleave(per, dim=0).reshape(*w.shape[:2], *([1] * (w.ndim - 2)))
+            bias = nxt.tensors["bias"].double() + (w * shift.reshape(1, -1, *([1] * (w.ndim - 2)))).sum(
+                dim=tuple(range(1, w.ndim))) if g == 1 else nxt.tensors["bias"].double()
+            nxt.tensors["weight"] = (w * s).float()
+            nxt.tensors["bias"] = bias.float()
+        elif nxt.kind == "channel_affine":
+            nxt.tensors["shift"] = (nxt.tensors["shift"].double() + nxt.tensors["scale"].double() * shift).float()
+            nxt.tensors["scale"] = (nxt.tensors["scale"].double() * scale).float()
+        else:
+            continue
+        nxt.inputs = [op.inputs[0] if i == op.name else i for i in nxt.inputs]
+        drop.add(op.name)
+    return [op for op in ops if op.name not in drop]
+
+
+def deploy_ops(snn: SpikingModel, target: str, example_shape: tuple[int, ...] | None = None) -> list[Op]:
+    """The folded layer list shaped for ``target`` (one of :data:`TARGETS` but ``nir-exact``).
+
+    Raises:
+        ExportError: for what the target cannot run: max-pooling (replace it by average pooling in
+            the ANN with :func:`avgpool_model` and convert again), burst neurons where the target
+            emits one spike a step, bipolar or signed neurons, reshapes other than a flatten.
+    """
+    if target not in TARGETS or target == "nir-exact":
+        raise ConversionError(f"unknown deploy target {target!r}; choose one of {', '.join(TARGETS[:-1])}")
+    limits = TARGET_LIMITS[target]
+    ops = lower(snn, example_shape, target=target)
+    offenders = []
+    for op in ops:
+        if op.kind == "max_pool":
+            offenders.append(OffendingNode(op.name, "max_pool", "max-pooling (no reader runs ann2snn's running "
+                                                                "max-pool)"))
+        if op.kind == "neuron" and int(op.attrs["cap"]) > 1 and not limits["burst"]:
+            offenders.append(OffendingNode(op.name, "neuron", f"burst neuron (up to {op.attrs['cap']} spikes a "
+                                                              f"step): {target} emits one spike a step"))
+    if offenders:
+        raise ExportError(target, offenders, "Max-pooling: convert ann2snn.export.deploy.avgpool_model(model) "
+                                             "instead (average pooling; its cost is in docs/export.md). Burst "
+                                             "neurons: convert with neuron='if', or export to sinabs.")
+    ops = _as_convs(fold_thresholds(ops))
+    ops = _merge_affines(_absorb_biases(_pools(ops, limits["pool"])))
+    return ops
+
+
+def avgpool_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every ``nn.MaxPool2d`` replaced by an ``nn.AvgPool2d`` of the same
+    window (for targets without max-pooling; the accuracy it costs is measured in docs/export.md)."""
+    model = copy.deepcopy(model)
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, nn.MaxPool2d):
+            if mod.dilation not in (1, (1, 1)) or mod.return_indices:
+                raise ConversionError(f"{name}: max-pooling with dilation or indices has no average-pool twin")
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            setattr(parent, name.rsplit(".", 1)[-1],
+                    nn.AvgPool2d(mod.kernel_size, mod.stride, mod.padding, ceil_mode=mod.ceil_mode))
+    return model
+
+
+# -- NIR for a target -------------------------------------------------------------------------------
+
+def _nir():
+    from .nir import _nir as load
+
+    return load()
+
+
+def _np(t: Any) -> np.ndarray:
+    return torch.as_tensor(t).detach().cpu().to(torch.float32).numpy().copy()
+
+
+def to_deploy_nir(snn: SpikingModel, target: str, example_shape: tuple[int, ...] | None = None):
+    """The network as a ``nir.NIRGraph`` that ``target``'s own NIR import reads.
+
+    ``nir-exact`` is ann2snn's exact encoding (:func:`ann2snn.export.nir.to_nir`); the library
+    targets get the folded network of :func:`deploy_ops` in standard nodes: ``Conv2d``, ``IF``
+    (``v_threshold`` 1, ``r`` 1, ``v_reset`` 0), ``AvgPool2d`` or ``SumPool2d``. The graph's and
+    each IF node's metadata give the reset (by subtraction) and the initial membrane, which NIR's
+    IF node has no field for; :func:`run_reader` sets it through the library's state.
+    """
+    if target == "nir-exact":
+        from .nir import to_nir
+
+        return to_nir(snn, neuron_model="exact", example_shape=example_shape)
+    nir = _nir()
+    ops = deploy_ops(snn, target, example_shape)
+    shapes = {op.name: tuple(op.shape) for op in ops}
+    nodes: dict[str, Any] = {}
+    edges: list[tuple[str, str]] = []
+    producers: dict[str, list[str]] = {}
+    initial: dict[str, list[float]] = {}
+    pool = TARGET_LIMITS[target]["pool"]
+    for op in ops:
+        a, t = op.attrs, op.tensors
+        meta = {"ann2snn_op": op.kind}
+        in_shape = shapes[op.inputs[0]] if op.inputs else ()
+        if op.kind == "input":
+            nodes[op.name] = nir.Input(input_type={"input": np.array(op.shape)})
+            producers[op.name] = [op.name]
+            continue
+        if op.kind == "add":
+            producers[op.name] = [p for i in op.inputs for p in producers[i]]
+            continue
+        if op.kind == "conv":
+            from .nir import _conv
+
+            node = _conv(nir, 2, in_shape, _np(t["weight"]), _np(t["bias"]), a["stride"], a["padding"],
+                         a["dilation"], a["groups"], meta)
+        elif op.kind == "channel_affine":
+            from .nir import _channelwise
+
+            node = _channelwise(nir, in_shape, _np(t["scale"]), _np(t["shift"]), meta)
+        elif op.kind == "avg_pool":
+            k, s, p = (np.array(a[key]) for key in ("kernel_size", "stride", "padding"))
+            if pool == "sum":
+                node = nir.SumPool2d(kernel_size=k, stride=s, padding=p)
+            else:
+                node = nir.AvgPool2d(kernel_size=k, stride=s, padding=p, metadata=meta)
+        elif op.kind == "neuron":
+            v_init = float(a["v0"]) + t["v0_offset"].double().reshape(-1)
+            initial[op.name] = [float(v) for v in v_init]
+            meta.update({"reset": "subtract", "compare": ">=", "burst_cap": int(a["cap"]),
+                         "initial_potential": _np(v_init.float()), "layer": str(a.get("layer") or op.name)})
+            node = nir.IF(r=np.ones(op.shape, np.float32), v_threshold=np.ones(op.shape, np.float32),
+                          v_reset=np.zeros(op.shape, np.float32), metadata=meta)
+        elif op.kind == "output":
+            node = nir.Output(output_type={"output": np.array(op.shape)})
+        else:  # concat and what deploy_ops does not make
+            raise ExportError(target, [OffendingNode(op.name, op.kind, "no node in this target's NIR import")])
+        nodes[op.name] = node
+        for i in op.inputs:
+            edges.extend((p, op.name) for p in producers[i])
+        producers[op.name] = [op.name]
+    cfg = snn.config
+    meta = {"ann2snn_format": "ann2snn-deploy", "target": target, "timesteps": int(cfg.timesteps),
+            "neuron": "IF, threshold 1 (weights normalised), reset by subtraction, spike when v >= 1",
+            "initial_potential": json.dumps(initial),
+            "readout": f"the output node's values averaged over the steps t >= t0 (t0 = {cfg.t0})",
+            "input_coding": "the analog input is fed as input current every step"}
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
+
+
+def export_deploy(snn: SpikingModel, path: str | os.PathLike, target: str, **options: Any) -> Path:
+    """Write ``snn`` as a NIR file for ``target`` (see :func:`to_deploy_nir`)."""
+    from .nir import write_nir
+
+    return write_nir(to_deploy_nir(snn, target, **options), path)
