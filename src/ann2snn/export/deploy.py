@@ -49,7 +49,7 @@ TARGETS = ("snntorch", "sinabs", "norse", "rockpool", "nir-exact")
 TARGET_LIMITS: dict[str, dict[str, Any]] = {
     "snntorch": {"pool": "avg", "burst": False, "library": "snntorch"},
     "sinabs": {"pool": "sum", "burst": True, "library": "sinabs"},
-    "norse": {"pool": "sum", "burst": False, "library": "norse"},
+    "norse": {"pool": "sum", "burst": False, "library": "norse", "neuron": "cubalif"},
     "rockpool": {"pool": "sum", "burst": False, "library": "rockpool"},
     "nir-exact": {"pool": "avg", "burst": True, "library": None},
 }
@@ -427,6 +427,9 @@ def avgpool_model(model: nn.Module) -> nn.Module:
 
 # -- NIR for a target -------------------------------------------------------------------------------
 
+_SLOW = np.float32(2.0 ** 24)
+
+
 def _nir():
     from .nir import _nir as load
 
@@ -489,12 +492,22 @@ def to_deploy_nir(snn: SpikingModel, target: str, example_shape: tuple[int, ...]
             initial[op.name] = [float(v) for v in v_init]
             meta.update({"reset": "subtract", "compare": ">=", "burst_cap": int(a["cap"]),
                          "initial_potential": _np(v_init.float()), "layer": str(a.get("layer") or op.name)})
-            node = nir.IF(r=np.ones(op.shape, np.float32), v_threshold=np.ones(op.shape, np.float32),
-                          v_reset=np.zeros(op.shape, np.float32), metadata=meta)
+            ones, zeros = np.ones(op.shape, np.float32), np.zeros(op.shape, np.float32)
+            if TARGET_LIMITS[target].get("neuron") == "cubalif":
+                # IF as a CubaLIF: a synapse of one step (i_t = x_t) and a membrane time constant of
+                # 2^24 steps with r = 2^24, so v += x - 2^-24 v (no leak a float32 membrane sees)
+                meta["encoding"] = ("IF written as CubaLIF: tau_syn 1 step, tau_mem = r = 2^24 steps; read with "
+                                    "reset by subtraction (Norse: from_nir(graph, dt=1, reset_method=reset_subtract))")
+                node = nir.CubaLIF(tau_syn=ones.copy(), tau_mem=ones * _SLOW, r=ones * _SLOW, v_leak=zeros.copy(),
+                                   v_threshold=ones.copy(), v_reset=zeros.copy(), w_in=ones.copy(), metadata=meta)
+            else:
+                node = nir.IF(r=ones, v_threshold=ones.copy(), v_reset=zeros, metadata=meta)
         elif op.kind == "output":
             node = nir.Output(output_type={"output": np.array(op.shape)})
         else:  # concat and what deploy_ops does not make
             raise ExportError(target, [OffendingNode(op.name, op.kind, "no node in this target's NIR import")])
+        if target == "sinabs" and op.kind != "neuron" and hasattr(node, "metadata"):
+            node.metadata = {}  # sinabs 3.1 reads with nir <= 1.0.4, whose layer nodes take no metadata
         nodes[op.name] = node
         for i in op.inputs:
             edges.extend((p, op.name) for p in producers[i])
@@ -512,4 +525,140 @@ def export_deploy(snn: SpikingModel, path: str | os.PathLike, target: str, **opt
     """Write ``snn`` as a NIR file for ``target`` (see :func:`to_deploy_nir`)."""
     from .nir import write_nir
 
-    return write_nir(to_deploy_nir(snn, target, **options), path)
+    path = write_nir(to_deploy_nir(snn, target, **options), path)
+    if target == "sinabs":
+        _strip_for_nir_104(path)
+    return path
+
+
+def _strip_for_nir_104(path: Path) -> None:
+    """sinabs 3.1 reads NIR with nir <= 1.0.4, which knows no ``v_reset`` on IF nodes (their reset
+    is to 0 either way): the field is removed from the file so that the older reader takes it."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        def strip(group: Any) -> None:
+            for key in list(group.keys()):
+                node = group[key]
+                if not isinstance(node, h5py.Group):
+                    continue
+                kind = node["type"][()] if "type" in node else b""
+                if kind in (b"IF", "IF") and "v_reset" in node:
+                    del node["v_reset"]
+                if "nodes" in node:
+                    strip(node["nodes"])
+
+        strip(f["node"]["nodes"])
+
+
+# -- running an export in the target library ------------------------------------------------------
+
+def _initial(graph: Any) -> dict[str, list[float]]:
+    meta = graph.metadata if isinstance(graph.metadata, dict) else {}
+    raw = meta.get("initial_potential", "{}")
+    return json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+
+
+def _start(values: list[float], shape: tuple[int, ...], like: Tensor | None = None) -> Tensor:
+    v = torch.as_tensor(values, dtype=torch.float32)
+    v = v.reshape(1, -1, *([1] * (len(shape) - 2))) if v.numel() > 1 else v.reshape(())
+    return (torch.zeros(shape) + v).to(like.device if like is not None else "cpu")
+
+
+@torch.no_grad()
+def run_reader(target: str, path: str | os.PathLike, x: Tensor, timesteps: int, *, fix: bool = True,
+               initial: bool = True, executor: str = "library") -> Tensor:
+    """Load the NIR file ``path`` (written for ``target``) with the target library's own NIR import,
+    run it on ``x`` (the same input every step) for ``timesteps`` steps and return the output
+    averaged over the steps ``[B, classes]`` -- what ann2snn's ``snn.run(x, timesteps)`` returns.
+
+    ``initial``: set each neuron's initial membrane (from the graph's metadata) through the
+    library's state before the first step; without it the neurons start at 0.
+    ``fix``: repair what the importer gets wrong, as listed in docs/export.md (snnTorch 1.0 builds
+    IF nodes as leaky neurons that return their membrane with the spikes; sinabs 3.1 bounds the
+    membrane at -threshold and lets an IF neuron fire several spikes a step). ``fix=False`` runs
+    exactly what the importer built. ``executor`` (Norse): ``library`` runs ``norse.from_nir``'s
+    module; ``nir_to_torch`` runs Norse's node mapping in nirtorch's graph interpreter, which keeps
+    the order of branches that meet (``from_nir``'s executor visits the graph depth first and reads
+    a branch not yet computed this step from the previous step).
+    """
+    nir = _nir()
+    graph = nir.read(str(path))
+    starts = _initial(graph) if initial else {}
+    shapes = {name: tuple(int(s) for s in np.asarray(node.output_type.get("output", []))) for name, node in
+              graph.nodes.items() if type(node).__name__ in ("IF", "CubaLIF")}
+    batch = x.shape[0]
+    if target == "snntorch":
+        import snntorch as snn
+        from snntorch.import_nir import import_from_nir
+
+        net = import_from_nir(graph)
+        neurons = {n: m for n, m in net.named_modules() if isinstance(m, snn.Leaky)}
+        if fix:
+            for m in neurons.values():
+                m.beta.fill_(1.0)  # NIR's IF does not leak
+                m.init_hidden = True  # return the spikes only; the membrane stays in the module
+        total = 0
+        for t in range(timesteps):
+            if t == 0:
+                for n, m in neurons.items():
+                    m.mem = _start(starts.get(n, [0.0]), (batch, *shapes[n]))
+            out = net(x)
+            out = out[0] if isinstance(out, tuple) else out
+            total = total + out
+        return (total / timesteps).reshape(batch, -1)
+    if target == "norse":
+        from functools import partial
+
+        import norse.torch as norse
+        from norse.torch.functional.lif_box import LIFBoxFeedForwardState
+        from norse.torch.functional.reset import reset_subtract
+
+        if executor == "library":  # norse.from_nir: nirtorch's GraphExecutor
+            from nirtorch.graph_executor import GraphExecutorState
+
+            net = norse.from_nir(graph, dt=1.0, reset_method=reset_subtract, ignore_warnings=True)
+            state = GraphExecutorState()
+            for n, values in starts.items():
+                state.state[n] = ((None, LIFBoxFeedForwardState(v=_start(values, (batch, *shapes[n])))),)
+        else:  # Norse's node mapping in nirtorch's graph interpreter (nirtorch.nir_to_torch)
+            import nirtorch
+            from norse.torch.utils.import_nir import _import_norse_module
+
+            mapping = partial(_import_norse_module, dt=1.0, reset_method=reset_subtract, ignore_warnings=True)
+            net = nirtorch.nir_to_torch(graph, {type(node): mapping for node in graph.nodes.values()})
+            state = {n: None for n in graph.nodes}
+            for n, values in starts.items():
+                state[n] = (None, LIFBoxFeedForwardState(v=_start(values, (batch, *shapes[n]))))
+        total = 0
+        for _ in range(timesteps):
+            out, state = net(x, state)
+            total = total + out
+        return (total / timesteps).reshape(batch, -1)
+    if target == "sinabs":
+        import sinabs
+        import sinabs.layers as sl
+        from sinabs.activation import SingleSpike
+
+        net = sinabs.from_nir(graph, batch_size=batch)
+        neurons = {}
+        for n, m in net.named_modules():
+            if isinstance(m, sl.IAFSqueeze):
+                neurons[n.split(".")[-1]] = m
+        for n, m in neurons.items():
+            if fix:
+                m.min_v_mem = None  # ann2snn's membrane has no lower bound
+                if int(_meta_of(graph.nodes[n]).get("burst_cap", 1)) == 1:
+                    m.spike_fn = SingleSpike
+            m.init_state_with_shape((batch, *shapes[n]))
+            m.v_mem.copy_(_start(starts.get(n, [0.0]), (batch, *shapes[n])))
+        xs = x.unsqueeze(1).expand(batch, timesteps, *x.shape[1:]).reshape(batch * timesteps, *x.shape[1:])
+        out = net(xs)
+        out = out[0] if isinstance(out, tuple) else out
+        return out.reshape(batch, timesteps, -1).mean(1)
+    raise ConversionError(f"no runner for target {target!r}")
+
+
+def _meta_of(node: Any) -> dict[str, Any]:
+    m = getattr(node, "metadata", None)
+    return m if isinstance(m, dict) else {}
