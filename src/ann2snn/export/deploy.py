@@ -430,6 +430,12 @@ def avgpool_model(model: nn.Module) -> nn.Module:
 _SLOW = np.float32(2.0 ** 24)
 
 
+def _fields(cls: type) -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(cls)}
+
+
 def _nir():
     from .nir import _nir as load
 
@@ -472,15 +478,21 @@ def to_deploy_nir(snn: SpikingModel, target: str, example_shape: tuple[int, ...]
         if op.kind == "add":
             producers[op.name] = [p for i in op.inputs for p in producers[i]]
             continue
-        if op.kind == "conv":
-            from .nir import _conv
+        if op.kind in ("conv", "channel_affine"):
+            if op.kind == "conv":
+                w, b, groups, stride, pad, dil = (_np(t["weight"]), _np(t["bias"]), a["groups"], a["stride"],
+                                                  a["padding"], a["dilation"])
+            else:  # a per-channel scale: a 1x1 convolution with a diagonal kernel
+                c = op.shape[0]
+                w = np.zeros((c, c, 1, 1), np.float32)
+                w[np.arange(c), np.arange(c), 0, 0] = _np(t["scale"]).reshape(-1)
+                b, groups, stride, pad, dil = _np(t["shift"]).reshape(-1), 1, [1, 1], [0, 0], [1, 1]
+            if groups > 1:  # nir 1.0's type check reads weight.shape[1] as the input channels
+                from .nir import _dense
 
-            node = _conv(nir, 2, in_shape, _np(t["weight"]), _np(t["bias"]), a["stride"], a["padding"],
-                         a["dilation"], a["groups"], meta)
-        elif op.kind == "channel_affine":
-            from .nir import _channelwise
-
-            node = _channelwise(nir, in_shape, _np(t["scale"]), _np(t["shift"]), meta)
+                w, groups = _dense(w, groups), 1
+            node = nir.Conv2d(input_shape=tuple(int(v) for v in in_shape[1:]), weight=w, stride=tuple(stride),
+                              padding=tuple(pad), dilation=tuple(dil), groups=int(groups), bias=b)
         elif op.kind == "avg_pool":
             k, s, p = (np.array(a[key]) for key in ("kernel_size", "stride", "padding"))
             if pool == "sum":
@@ -501,7 +513,8 @@ def to_deploy_nir(snn: SpikingModel, target: str, example_shape: tuple[int, ...]
                 node = nir.CubaLIF(tau_syn=ones.copy(), tau_mem=ones * _SLOW, r=ones * _SLOW, v_leak=zeros.copy(),
                                    v_threshold=ones.copy(), v_reset=zeros.copy(), w_in=ones.copy(), metadata=meta)
             else:
-                node = nir.IF(r=ones, v_threshold=ones.copy(), v_reset=zeros, metadata=meta)
+                kw = {"v_reset": zeros} if "v_reset" in _fields(nir.IF) else {}  # nir <= 1.0.4 has none
+                node = nir.IF(r=ones, v_threshold=ones.copy(), metadata=meta, **kw)
         elif op.kind == "output":
             node = nir.Output(output_type={"output": np.array(op.shape)})
         else:  # concat and what deploy_ops does not make
