@@ -282,3 +282,20 @@ def test_sinabs_runs_the_export(digits, tmp_path):
     ref, out = _agreement("sinabs", "cnn_digits", digits, tmp_path)
     assert torch.equal(out.argmax(1), ref.argmax(1))
     assert float((out - ref).abs().max()) < 1e-3
+
+
+def test_rockpool_runs_the_export(digits, tmp_path):
+    pytest.importorskip("rockpool", reason="rockpool not installed (pip install --no-deps rockpool scipy)")
+    ref, out = _agreement("rockpool", "mlp_digits", digits, tmp_path)
+    assert torch.equal(out.argmax(1), ref.argmax(1))
+    assert _close(out, ref) >= 0.9
+    with pytest.raises(AttributeError, match="tau_mem"):  # rockpool 3.1 reads LIF.tau_mem, NIR 1.0 has tau
+        _agreement("rockpool", "mlp_digits", digits, tmp_path, fix=False)
+
+
+def test_rockpool_takes_dense_networks_only(digits):
+    with pytest.raises(ExportError, match="linear layers and neurons on vectors"):
+        deploy_ops(converted("cnn_digits", digits), "rockpool")
+    ops = deploy_ops(converted("mlp_digits", digits), "rockpool")
+    assert [op.kind for op in ops if op.kind not in ("linear", "neuron")] == ["input", "output"]
+    assert ops[0].shape == (64,)

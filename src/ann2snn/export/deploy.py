@@ -50,7 +50,7 @@ TARGET_LIMITS: dict[str, dict[str, Any]] = {
     "snntorch": {"pool": "avg", "burst": False, "library": "snntorch"},
     "sinabs": {"pool": "sum", "burst": True, "library": "sinabs"},
     "norse": {"pool": "sum", "burst": False, "library": "norse", "neuron": "cubalif"},
-    "rockpool": {"pool": "sum", "burst": False, "library": "rockpool"},
+    "rockpool": {"pool": None, "burst": False, "library": "rockpool", "neuron": "lif", "dense": True},
     "nir-exact": {"pool": "avg", "burst": True, "library": None},
 }
 
@@ -406,9 +406,36 @@ def deploy_ops(snn: SpikingModel, target: str, example_shape: tuple[int, ...] | 
         raise ExportError(target, offenders, "Max-pooling: convert ann2snn.export.deploy.avgpool_model(model) "
                                              "instead (average pooling; its cost is in docs/export.md). Burst "
                                              "neurons: convert with neuron='if', or export to sinabs.")
+    if limits.get("dense"):
+        return _merge_affines(_absorb_biases(_dense_only(fold_thresholds(ops), target)))
     ops = _as_convs(fold_thresholds(ops))
     ops = _merge_affines(_absorb_biases(_pools(ops, limits["pool"])))
     return ops
+
+
+def _dense_only(ops: list[Op], target: str) -> list[Op]:
+    """A network of linear layers on vectors: the input flattened (the reader is given flat
+    samples), every layer a linear map or a neuron. Anything else is refused."""
+    out: list[Op] = []
+    alias: dict[str, str] = {}
+    offenders = []
+    for op in ops:
+        op.inputs = [alias.get(i, i) for i in op.inputs]
+        if op.kind == "input":
+            out.append(op)
+            continue
+        if op.kind == "reshape" and op.inputs and op.inputs[0] == ops[0].name:
+            alias[op.name] = op.inputs[0]  # flattening the input: the reader receives flat samples
+            out[0].shape = tuple(op.shape)
+            continue
+        if op.kind not in ("linear", "neuron", "output") or len(op.shape) != 1 or len(out[0].shape) != 1:
+            offenders.append(OffendingNode(op.name, op.kind, f"{target} reads linear layers and neurons on vectors "
+                                                              "only (no convolution, pooling or addition)"))
+            continue
+        out.append(op)
+    if offenders:
+        raise ExportError(target, offenders)
+    return out
 
 
 def avgpool_model(model: nn.Module) -> nn.Module:
@@ -493,6 +520,8 @@ def to_deploy_nir(snn: SpikingModel, target: str, example_shape: tuple[int, ...]
                 w, groups = _dense(w, groups), 1
             node = nir.Conv2d(input_shape=tuple(int(v) for v in in_shape[1:]), weight=w, stride=tuple(stride),
                               padding=tuple(pad), dilation=tuple(dil), groups=int(groups), bias=b)
+        elif op.kind == "linear":
+            node = nir.Affine(weight=_np(t["weight"]), bias=_np(t["bias"]))
         elif op.kind == "avg_pool":
             k, s, p = (np.array(a[key]) for key in ("kernel_size", "stride", "padding"))
             if pool == "sum":
@@ -505,7 +534,12 @@ def to_deploy_nir(snn: SpikingModel, target: str, example_shape: tuple[int, ...]
             meta.update({"reset": "subtract", "compare": ">=", "burst_cap": int(a["cap"]),
                          "initial_potential": _np(v_init.float()), "layer": str(a.get("layer") or op.name)})
             ones, zeros = np.ones(op.shape, np.float32), np.zeros(op.shape, np.float32)
-            if TARGET_LIMITS[target].get("neuron") == "cubalif":
+            if TARGET_LIMITS[target].get("neuron") == "lif":
+                # IF as a LIF with tau = r = 2^24 steps: v += x - 2^-24 v (no leak a float32 membrane sees)
+                meta["encoding"] = "IF written as LIF: tau = r = 2^24 steps, read with reset by subtraction"
+                node = nir.LIF(tau=ones * _SLOW, r=ones * _SLOW, v_leak=zeros.copy(), v_threshold=ones.copy(),
+                               metadata=meta, **({"v_reset": zeros.copy()} if "v_reset" in _fields(nir.LIF) else {}))
+            elif TARGET_LIMITS[target].get("neuron") == "cubalif":
                 # IF as a CubaLIF: a synapse of one step (i_t = x_t) and a membrane time constant of
                 # 2^24 steps with r = 2^24, so v += x - 2^-24 v (no leak a float32 membrane sees)
                 meta["encoding"] = ("IF written as CubaLIF: tau_syn 1 step, tau_mem = r = 2^24 steps; read with "
@@ -599,7 +633,7 @@ def run_reader(target: str, path: str | os.PathLike, x: Tensor, timesteps: int, 
     graph = nir.read(str(path))
     starts = _initial(graph) if initial else {}
     shapes = {name: tuple(int(s) for s in np.asarray(node.output_type.get("output", []))) for name, node in
-              graph.nodes.items() if type(node).__name__ in ("IF", "CubaLIF")}
+              graph.nodes.items() if type(node).__name__ in ("IF", "CubaLIF", "LIF")}
     batch = x.shape[0]
     if target == "snntorch":
         import snntorch as snn
@@ -667,6 +701,24 @@ def run_reader(target: str, path: str | os.PathLike, x: Tensor, timesteps: int, 
             m.v_mem.copy_(_start(starts.get(n, [0.0]), (batch, *shapes[n])))
         xs = x.unsqueeze(1).expand(batch, timesteps, *x.shape[1:]).reshape(batch * timesteps, *x.shape[1:])
         out = net(xs)
+        out = out[0] if isinstance(out, tuple) else out
+        return out.reshape(batch, timesteps, -1).mean(1)
+    if target == "rockpool":
+        from rockpool.nn.modules.torch import LIFNeuronTorch
+        from rockpool.nn.modules.torch.nir import from_nir
+
+        if fix:  # rockpool 3.1 reads a LIF node's time constant as `tau_mem`; NIR 1.0 calls it `tau`
+            for node in graph.nodes.values():
+                if type(node).__name__ == "LIF" and not hasattr(node, "tau_mem"):
+                    node.tau_mem = node.tau
+        net = from_nir(graph)
+        neurons = {n: m for n, m in net.named_modules() if isinstance(m, LIFNeuronTorch)}
+        for n, m in neurons.items():
+            if fix:
+                m.max_spikes_per_dt = torch.tensor(1.0)  # an IF neuron: one spike a step
+            m.vmem = torch.as_tensor(starts.get(n, [0.0]), dtype=torch.float32).expand(m.vmem.shape).clone()
+        flat = x.reshape(batch, 1, -1).expand(batch, timesteps, -1)
+        out = net(flat)
         out = out[0] if isinstance(out, tuple) else out
         return out.reshape(batch, timesteps, -1).mean(1)
     raise ConversionError(f"no runner for target {target!r}")
