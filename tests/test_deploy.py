@@ -245,8 +245,8 @@ def _close(out, ref):
     return float(((out - ref).abs().amax(1) < 1e-4).float().mean())
 
 
-def _agreement(target, name, digits, tmp_path, **kw):
-    snn = converted(name, digits)
+def _agreement(target, name, digits, tmp_path, convert=None, **kw):
+    snn = converted(name, digits, **(convert or {}))
     x = digits[1]
     ref = snn.run(x, T)
     path = export_deploy(snn, tmp_path / f"{name}.nir", target)
@@ -282,6 +282,11 @@ def test_sinabs_runs_the_export(digits, tmp_path):
     ref, out = _agreement("sinabs", "cnn_digits", digits, tmp_path)
     assert torch.equal(out.argmax(1), ref.argmax(1))
     assert float((out - ref).abs().max()) < 1e-3
+    # burst neurons: sinabs' IAFSqueeze with MaxSpike(cap)
+    ref, out = _agreement("sinabs", "cnn_digits", digits, tmp_path,
+                          convert={"neuron": "adafire", "burst_cap": 2, "burst_alloc": "uniform"})
+    assert torch.equal(out.argmax(1), ref.argmax(1))
+    assert _close(out, ref) >= 0.9
 
 
 def test_rockpool_runs_the_export(digits, tmp_path):

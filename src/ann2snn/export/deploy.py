@@ -685,7 +685,7 @@ def run_reader(target: str, path: str | os.PathLike, x: Tensor, timesteps: int, 
     if target == "sinabs":
         import sinabs
         import sinabs.layers as sl
-        from sinabs.activation import SingleSpike
+        from sinabs.activation import MaxSpike, SingleSpike
 
         net = sinabs.from_nir(graph, batch_size=batch)
         neurons = {}
@@ -695,8 +695,8 @@ def run_reader(target: str, path: str | os.PathLike, x: Tensor, timesteps: int, 
         for n, m in neurons.items():
             if fix:
                 m.min_v_mem = None  # ann2snn's membrane has no lower bound
-                if int(_meta_of(graph.nodes[n]).get("burst_cap", 1)) == 1:
-                    m.spike_fn = SingleSpike
+                cap = int(_meta_of(graph.nodes[n]).get("burst_cap", 1))
+                m.spike_fn = SingleSpike if cap == 1 else MaxSpike(cap)  # sinabs' default: no cap
             m.init_state_with_shape((batch, *shapes[n]))
             m.v_mem.copy_(_start(starts.get(n, [0.0]), (batch, *shapes[n])))
         xs = x.unsqueeze(1).expand(batch, timesteps, *x.shape[1:]).reshape(batch * timesteps, *x.shape[1:])
