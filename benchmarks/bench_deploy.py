@@ -32,7 +32,8 @@ import torch
 from common import RESULTS, provenance, setup_classifier
 
 import ann2snn
-from ann2snn.export.deploy import avgpool_model, export_deploy, run_reader
+from ann2snn.export.deploy import avgpool_model, deploy_ops, export_deploy, quantize_ops, run_reader
+from ann2snn.export.ir import build
 
 OUT = RESULTS / "deploy.json"
 
@@ -107,6 +108,21 @@ def run(args) -> None:
                 print(row, flush=True)
                 results["rows"] = [r for r in results["rows"] if (r["model"], r["target"], r["variant"])
                                    != (name, target, "export")] + [row]
+            if target == "sinabs":  # Speck's integer formats, run by ann2snn (sinabs' DynapCNN backend needs samna)
+                row = {"model": name, "target": "speck formats", "variant": "8-bit weights, 16-bit state (ann2snn)",
+                       "T": args.timesteps, "test_samples": len(x), "versions": {}}
+                try:
+                    q = build(quantize_ops(deploy_ops(snn, "sinabs")), snn.config, dict(snn.info))
+                    out = torch.cat([q.run(x[i:i + args.batch], args.timesteps).reshape(len(x[i:i + args.batch]), -1)
+                                     for i in range(0, len(x), args.batch)])
+                    diff = (out - ref).abs().amax(1)
+                    row.update(agree=acc(out, ref.argmax(1)), acc=acc(out, y), snn_acc=acc(ref, y),
+                               max_abs_diff=float(diff.max()), same_to_1e4=float((diff < 1e-4).float().mean()))
+                except Exception as exc:  # noqa: BLE001
+                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                print(row, flush=True)
+                results["rows"] = [r for r in results["rows"] if (r["model"], r["target"], r["variant"])
+                                   != (name, row["target"], row["variant"])] + [row]
             for label, kw in variants:
                 row = {"model": name, "target": target, "variant": label, "T": args.timesteps,
                        "test_samples": len(x), "versions": _versions(target)}

@@ -304,3 +304,27 @@ def test_rockpool_takes_dense_networks_only(digits):
     ops = deploy_ops(converted("mlp_digits", digits), "rockpool")
     assert [op.kind for op in ops if op.kind not in ("linear", "neuron")] == ["input", "output"]
     assert ops[0].shape == (64,)
+
+
+def test_integer_formats(digits):
+    """8-bit weights and 16-bit thresholds keep the digits CNN's answers; 2-bit weights do not."""
+    from ann2snn.export.deploy import quantize_ops
+
+    snn = converted("cnn_digits", digits)
+    ops = deploy_ops(snn, "sinabs")
+    x = digits[1]
+    ref = snn.run(x, T)
+    q8 = quantize_ops(ops)
+    layers = [op for op in q8 if op.kind == "conv"]
+    assert len(layers) == 4
+    for op in layers:  # integers within 8 bits at the layer's threshold (16 bits)
+        w = op.tensors["weight"].double() * op.attrs["int_threshold"]
+        assert torch.allclose(w, w.round(), atol=1e-3) and float(w.abs().max()) <= 127.001
+        assert 1 <= op.attrs["int_threshold"] <= 2 ** 15 - 1
+    out8 = build(q8, snn.config, dict(snn.info)).run(x, T).reshape(len(x), -1)
+    out2 = build(quantize_ops(ops, weight_bits=2), snn.config, dict(snn.info)).run(x, T).reshape(len(x), -1)
+    agree8 = float((out8.argmax(1) == ref.argmax(1)).float().mean())
+    agree2 = float((out2.argmax(1) == ref.argmax(1)).float().mean())
+    assert agree8 >= 0.95 and agree2 < agree8
+    with pytest.raises(ExportError, match="not one convolution"):
+        quantize_ops(deploy_ops(converted("resnet_digits", digits), "sinabs"))

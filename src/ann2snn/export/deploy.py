@@ -40,7 +40,7 @@ from ..model import SpikingModel
 from .ir import ExportError, Op, build, lower
 
 __all__ = ["TARGETS", "TARGET_LIMITS", "avgpool_model", "deploy_ops", "export_deploy", "fold_thresholds",
-           "normalize", "to_deploy_nir"]
+           "normalize", "quantize_ops", "run_reader", "to_deploy_nir"]
 
 TARGETS = ("snntorch", "sinabs", "norse", "rockpool", "nir-exact")
 
@@ -727,3 +727,53 @@ def run_reader(target: str, path: str | os.PathLike, x: Tensor, timesteps: int, 
 def _meta_of(node: Any) -> dict[str, Any]:
     m = getattr(node, "metadata", None)
     return m if isinstance(m, dict) else {}
+
+
+# -- integer formats ------------------------------------------------------------------------------
+
+def quantize_ops(ops: list[Op], weight_bits: int = 8, state_bits: int = 16) -> list[Op]:
+    """The deploy layer list rounded to a chip's integer formats, the way sinabs discretises a layer
+    for DYNAP-CNN / Speck (8-bit weights and biases, 16-bit threshold and membrane): each
+    convolution and the neuron layer it feeds share one scale ``s``, the largest that keeps
+    ``round(w s)``, ``round(b s)`` within the weight bits and ``round(s)`` (the threshold) and the
+    initial membrane within the state bits. The result is written back at threshold 1 (weights
+    ``round(w s) / round(s)``), so ann2snn runs exactly the integer network. A convolution that
+    feeds no neuron (the read-out) is rounded alone. Neurons fed by anything but one convolution
+    are refused."""
+    wmax, smax = 2 ** (weight_bits - 1) - 1, 2 ** (state_bits - 1) - 1
+    out = [copy.copy(op) for op in ops]
+    for op in out:
+        op.tensors = dict(op.tensors)
+        op.attrs = dict(op.attrs)
+    by_name = {op.name: op for op in out}
+    fed = set()
+    for op in out:
+        if op.kind != "neuron":
+            continue
+        src = by_name[op.inputs[0]]
+        if src.kind != "conv":
+            raise ExportError("integer formats", [OffendingNode(op.name, "neuron", f"fed by a {src.kind}, not one "
+                                                                                  "convolution")])
+        fed.add(src.name)
+        w, b = src.tensors["weight"].double(), src.tensors["bias"].double()
+        v_init = float(op.attrs["v0"]) + op.tensors["v0_offset"].double()
+        scales = [wmax / float(w.abs().max()), float(smax)]
+        if bool(b.any()):
+            scales.append(wmax / float(b.abs().max()))
+        if bool(v_init.any()):
+            scales.append(smax / float(v_init.abs().max()))
+        s = min(scales)
+        theta = max(round(s), 1)
+        src.attrs["int_threshold"] = theta  # the layer's threshold in the integer format
+        src.tensors["weight"] = (torch.round(w * s) / theta).float()
+        src.tensors["bias"] = (torch.round(b * s) / theta).float()
+        op.attrs["v0"] = 0.0
+        op.tensors["v0_offset"] = (torch.round(v_init * s) / theta).float()
+    for op in out:
+        if op.kind == "conv" and op.name not in fed:
+            w, b = op.tensors["weight"].double(), op.tensors["bias"].double()
+            s = wmax / max(float(w.abs().max()), float(b.abs().max()), 1e-30)
+            op.tensors["weight"] = (torch.round(w * s) / s).float()
+            op.tensors["bias"] = (torch.round(b * s) / s).float()
+            op.attrs["int_threshold"] = s  # the read-out's scale (it has no threshold)
+    return out
