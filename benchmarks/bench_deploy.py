@@ -2,9 +2,12 @@
 
 Three steps, because the libraries live in separate environments (sinabs pins nir<=1.0.4):
 
-    python benchmarks/bench_deploy.py prepare --models vgg_fmnist resnet_fmnist mobilenet_fmnist
-    /work/venvs/deploy/bin/python benchmarks/bench_deploy.py run --targets snntorch norse
-    /work/venvs/sinabs/bin/python benchmarks/bench_deploy.py run --targets sinabs
+    python benchmarks/bench_deploy.py prepare --models vgg_fmnist resnet_fmnist mobilenet_fmnist mlp_digits \
+        --test-samples 500
+    /work/venvs/deploy/bin/python benchmarks/bench_deploy.py run --targets snntorch norse rockpool \
+        --models vgg_fmnist resnet_fmnist mobilenet_fmnist mlp_digits
+    /work/venvs/sinabs/bin/python benchmarks/bench_deploy.py run --targets sinabs \
+        --models vgg_fmnist resnet_fmnist mobilenet_fmnist mlp_digits
     python benchmarks/bench_deploy.py table
 
 ``prepare`` converts each bundled model (IF neurons, LTB thresholds; VGG with its max-pools replaced
@@ -12,7 +15,7 @@ by average pools, :func:`ann2snn.export.deploy.avgpool_model`), runs ann2snn's S
 images and stores the model, the images and its outputs (``--cache``). It also measures what the
 deploy rewrites cost where a target needs them: max-pool -> average pool (ANN and SNN accuracy) and
 the half-threshold start given up (membrane starting at 0) or spread over the steps.
-``run`` exports each model for each target, loads it with the library's own import
+``run`` (results in ``benchmarks/results/deploy_<targets>.json``) exports each model for each target, loads it with the library's own import
 (:func:`ann2snn.export.deploy.run_reader`), runs it at the same T and records the agreement of the
 predictions with ann2snn's SNN, as imported and with the documented fixes.
 """
@@ -35,7 +38,9 @@ import ann2snn
 from ann2snn.export.deploy import avgpool_model, deploy_ops, export_deploy, quantize_ops, run_reader
 from ann2snn.export.ir import build
 
-OUT = RESULTS / "deploy.json"
+
+def out_file(targets) -> Path:
+    return RESULTS / f"deploy_{'_'.join(targets)}.json"
 
 
 def acc(out, y):
@@ -87,7 +92,8 @@ def run(args) -> None:
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     cache = Path(args.cache)
-    results = json.loads(OUT.read_text()) if OUT.exists() else {"rows": []}
+    out_path = out_file(args.targets)
+    results = json.loads(out_path.read_text()) if out_path.exists() else {"rows": []}
     for name in args.models:
         snn = ann2snn.load(cache / f"{name}.pt")
         data = torch.load(cache / f"{name}_data.pt")
@@ -142,13 +148,18 @@ def run(args) -> None:
                                    != (name, target, label)] + [row]
     command = "python benchmarks/bench_deploy.py " + " ".join(sys.argv[1:])
     results.setdefault("provenance", {})[",".join(args.targets)] = provenance(command)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=1, default=float))
-    print(OUT)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=1, default=float))
+    print(out_path)
 
 
 def table(_args) -> None:
-    d = json.loads(OUT.read_text())
+    d = {"provenance": {}, "rows": [], "models": {}}
+    for f in sorted(RESULTS.glob("deploy_*.json")):  # one file per environment's run
+        part = json.loads(f.read_text())
+        d["provenance"].update(part.get("provenance", {}))
+        d["rows"] += part["rows"]
+        d["models"].update(part.get("models", {}))
     lines = []
     for targets, p in d["provenance"].items():
         lines.append(f"- {targets}: `{p['command']}` — commit `{p['commit']}`, {p['date']}, {p['machine']}")

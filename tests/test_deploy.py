@@ -258,9 +258,8 @@ def _agreement(target, name, digits, tmp_path, convert=None, **kw):
 def test_snntorch_runs_the_export(name, digits, tmp_path):
     pytest.importorskip("snntorch", reason="snntorch not installed (pip install --no-deps snntorch)")
     ref, out = _agreement("snntorch", name, digits, tmp_path)
-    # snnTorch's reset (with reset_delay=False) can move a spike by a step where the membrane stays
-    # above threshold after a reset: the averages differ slightly, the answers agree
-    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.95
+    assert torch.equal(out.argmax(1), ref.argmax(1))
+    assert _close(out, ref) >= 0.9  # the rest: a spike moved by float32 rounding at a tie
     with pytest.raises(TypeError):  # as imported, IF nodes hand (spikes, membrane) tuples to the next layer
         _agreement("snntorch", name, digits, tmp_path, fix=False)
 

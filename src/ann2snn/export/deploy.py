@@ -645,6 +645,7 @@ def run_reader(target: str, path: str | os.PathLike, x: Tensor, timesteps: int, 
             for m in neurons.values():
                 m.beta.fill_(1.0)  # NIR's IF does not leak
                 m.init_hidden = True  # return the spikes only; the membrane stays in the module
+                m.reset_delay = True  # snnTorch's default: subtract at the next step what this step fired
         total = 0
         for t in range(timesteps):
             if t == 0:
