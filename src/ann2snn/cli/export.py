@@ -13,6 +13,9 @@ EPILOG = """examples:
   ann2snn export snn.pt --format nir --neuron-model if --out snn_if.nir   # standard IF nodes (reset to zero)
   ann2snn export snn.pt --format nir --maxpool extension --out vgg.nir  # max-pools as ann2snn-only subgraphs
   ann2snn export snn.pt --format portable --out snn_portable/             # graph.json + weights.safetensors
+  ann2snn export snn.pt --target snntorch --out snn_snntorch.nir          # thresholds folded into the weights,
+                                                                          # nodes snnTorch's import_from_nir reads
+  ann2snn export snn.pt --target sinabs --out snn_speck.nir               # also: norse, nir-exact
 the exported file is read back by `ann2snn evaluate FILE` (a .nir file or a portable folder) and by
 ann2snn.export.load_snn; see docs/export.md for what each format holds.
 """
@@ -25,7 +28,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("export", help=HELP, description=HELP, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("snn", metavar="SNN", help="a spiking model saved by `ann2snn convert` (or a .nir / portable folder)")
-    p.add_argument("--format", required=True, choices=FORMATS, help="nir (HDF5, nir 1.0) or portable")
+    from ..export.deploy import TARGETS
+
+    p.add_argument("--format", choices=FORMATS, help="nir (HDF5, nir 1.0) or portable (one of --format / --target)")
+    p.add_argument("--target", choices=TARGETS,
+                   help="a NIR file for one library's own NIR import: thresholds folded into the weights (one "
+                        "threshold 1 per layer), the nodes and pooling that library reads; nir-exact is ann2snn's "
+                        "exact encoding (docs/export.md lists what each target can express)")
     p.add_argument("--out", required=True, metavar="PATH", help="the .nir file, or the folder for the portable format")
     p.add_argument("--neuron-model", default="exact", choices=NEURON_MODELS,
                    help="NIR only: exact (integrator + threshold subgraphs, subtractive reset; default) or if "
@@ -39,6 +48,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..export import load_snn
 
+    if args.target is not None:
+        if args.format not in (None, "nir"):
+            raise UsageError("--target writes a NIR file: leave out --format or give --format nir")
+        if args.neuron_model != "exact" or args.maxpool != "refuse":
+            raise UsageError("--neuron-model and --maxpool do not apply with --target (the target decides)")
+        args.format = "nir"
+    elif args.format is None:
+        raise UsageError("give --format nir|portable or --target TARGET")
     if args.format == "nir":
         out = check_writable_file(args.out)
     else:
@@ -53,6 +70,14 @@ def run(args: argparse.Namespace) -> int:
     from .. import distributed as D
 
     if not D.is_main():  # under torchrun: one writer
+        return 0
+    if args.target is not None:
+        from ..export.deploy import export_deploy
+
+        export_deploy(snn, out, args.target)
+        print(f"wrote {out}: NIR graph for {args.target} ({len(snn.neurons())} neuron layers)")
+        if args.target != "nir-exact":
+            print(f"  run it in {args.target}: ann2snn.export.deploy.run_reader({args.target!r}, {str(out)!r}, x, T)")
         return 0
     if args.format == "nir":
         from ..export.nir import to_nir, write_nir
