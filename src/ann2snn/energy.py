@@ -518,6 +518,10 @@ class LayerStats:
     sops: float
     macs: float
     ann_macs: float
+    # sums over all samples (exact integers in float64): what reports of several batches merge by
+    total_spikes: float = 0.0
+    total_sops: float = 0.0
+    total_macs: float = 0.0
 
 
 @dataclass
@@ -534,32 +538,46 @@ class EnergyReport:
     neuron_updates: float
     ann_macs: float
     per_sample: dict[str, list[float]] = field(default_factory=dict)
+    total_steps: float = 0.0  # steps summed over all samples
 
     @classmethod
     def build(cls, counter: SynapticCounter) -> EnergyReport:
         n = counter.batch
         steps = counter.steps
-        mean = lambda t: float(t.sum() / n) if t is not None else 0.0  # noqa: E731
+        total = lambda t: float(t.sum(dtype=torch.float64)) if t is not None else 0.0  # noqa: E731
         rows = []
         for layer in counter.layers.values():
-            spikes = mean(layer.spikes)
-            rate = spikes / (layer.neurons * float(steps.mean())) if layer.neurons else 0.0
-            rows.append(LayerStats(layer.name, layer.kind, layer.neurons, spikes, rate, mean(layer.sops),
-                                   mean(layer.macs), float(layer.dense_macs)))
-        updates = sum(r.neurons for r in rows) * float(steps.mean())
+            spikes, sops, macs = total(layer.spikes), total(layer.sops), total(layer.macs)
+            rows.append(LayerStats(layer.name, layer.kind, layer.neurons, spikes / n, 0.0, sops / n, macs / n,
+                                   float(layer.dense_macs), spikes, sops, macs))
         per_sample_sops = sum((layer.sops for layer in counter.layers.values() if layer.sops is not None),
                               torch.zeros(n, dtype=torch.float64, device=steps.device))
+        return cls.from_totals(counter.energy, n, total(steps), rows,
+                               {"steps": steps.tolist(), "sops": per_sample_sops.tolist()})
+
+    @classmethod
+    def from_totals(cls, energy_model: EnergyModel, samples: int, total_steps: float, layers: list[LayerStats],
+                    per_sample: dict[str, list[float]]) -> EnergyReport:
+        """The report of ``samples`` samples from each layer's counts summed over the samples
+        (``total_*``): means and firing rates derive from the exact sums, so that reports merged
+        in any order, or gathered from several processes, give the very numbers of one run."""
+        n = samples
+        mean_steps = total_steps / n
+        for r in layers:
+            r.spikes, r.sops, r.macs = r.total_spikes / n, r.total_sops / n, r.total_macs / n
+            r.firing_rate = r.total_spikes / (r.neurons * total_steps) if r.neurons and total_steps else 0.0
         return cls(
-            energy_model=counter.energy,
+            energy_model=energy_model,
             samples=n,
-            mean_steps=float(steps.mean()),
-            layers=rows,
-            spikes=sum(r.spikes for r in rows),
-            sops=sum(r.sops for r in rows),
-            macs=sum(r.macs for r in rows),
-            neuron_updates=updates,
-            ann_macs=sum(r.ann_macs for r in rows if r.kind == "synaptic"),
-            per_sample={"steps": steps.tolist(), "sops": per_sample_sops.tolist()},
+            mean_steps=mean_steps,
+            layers=layers,
+            spikes=sum(r.total_spikes for r in layers) / n,
+            sops=sum(r.total_sops for r in layers) / n,
+            macs=sum(r.total_macs for r in layers) / n,
+            neuron_updates=sum(r.neurons for r in layers) * mean_steps,
+            ann_macs=sum(r.ann_macs for r in layers if r.kind == "synaptic"),
+            per_sample=per_sample,
+            total_steps=total_steps,
         )
 
     @property
