@@ -186,8 +186,10 @@ def merge_energy_reports(reports: Sequence[EnergyReport]) -> EnergyReport:
     for r in reports:
         for k, v in r.per_sample.items():
             per_sample.setdefault(k, []).extend(v)
-    return EnergyReport.from_totals(reports[0].energy_model, n, math.fsum(r.total_steps for r in reports), layers,
-                                    per_sample)
+    merged = EnergyReport.from_totals(reports[0].energy_model, n, math.fsum(r.total_steps for r in reports), layers,
+                                      per_sample)
+    merged.prefix_macs = reports[0].prefix_macs
+    return merged
 
 
 # -- evaluation ------------------------------------------------------------------------------------
