@@ -250,3 +250,48 @@ def test_a_graph_that_mixes_the_batch_falls_back_to_step_mode():
     with pytest.raises(ann2snn.errors.ConfigError, match="time-batched"):
         snn.run(x, 5, mode="batched")
     assert torch.equal(snn.run(x, 5, mode="step"), ref)  # the failed attempt left no state behind
+
+
+# -- the neuron update -----------------------------------------------------------------------------
+
+def _reference_neuron(x_steps, theta, cap, shift, signed, bipolar, v0=0.5):
+    """The dynamics step by step from the pure functions, out of place, spikes as float."""
+    from ann2snn.neurons import functional as NF
+
+    th = theta.reshape(1, -1, 1, 1)
+    v = NF.initial_potential(x_steps[0], th, v0)
+    count = torch.zeros_like(v)
+    outs = []
+    for x in x_steps:
+        x = x + shift.reshape(1, -1, 1, 1)
+        s, v = (NF.if_step(x, v, th) if cap == 1 else NF.burst_step(x, v, th, cap))
+        if signed:
+            neg = torch.ceil(-v / th).clamp(0.0, float(cap))
+            if not bipolar:
+                neg = torch.minimum(neg, count + s)
+            v = v + neg * th
+            s = s - neg
+            count = count + s
+        outs.append(s * th)
+    return outs
+
+
+@pytest.mark.parametrize("cap", [1, 3])
+@pytest.mark.parametrize("kind", ["plain", "signed", "bipolar"])
+@pytest.mark.parametrize("shifted", [False, True])
+def test_neuron_update_equals_the_pure_step_functions_bit_for_bit(cap, kind, shifted):
+    from ann2snn.neurons import SpikingNeuron
+
+    g = torch.Generator().manual_seed(cap)
+    theta = torch.rand(5, generator=g) + 0.25
+    neuron = SpikingNeuron(theta, cap=cap, signed=kind == "signed", bipolar=kind == "bipolar")
+    shift = (torch.rand(5, generator=g) - 0.5) * 0.2 if shifted else torch.zeros(5)
+    neuron.bias_shift.copy_(shift)
+    lo = -1.0 if kind != "plain" else -0.3
+    xs = [torch.rand(7, 5, 3, 3, generator=g) * (1.5 * cap - lo) + lo for _ in range(12)]
+    ref = _reference_neuron(xs, theta, cap, shift, kind != "plain", kind == "bipolar")
+    neuron.reset()
+    for t, x in enumerate(xs):
+        out = neuron(x)
+        assert torch.equal(out, ref[t]), (kind, cap, shifted, t)
+    assert any(bool((r != 0).any()) for r in ref)

@@ -254,9 +254,14 @@ def _get_attr(gm: nn.Module, target: str) -> Any:
     return obj
 
 
+#: what a chunk really holds at its peak, over the values the runner tracks: a neuron layer's outputs
+#: are stacked (a second copy), a static input is repeated for its weight layer, kernels take workspace
+PEAK_FACTOR = 3
+
+
 def chunk_steps(per_step_bytes: int, timesteps: int, budget_bytes: int) -> int:
     """How many steps fit in one chunk: the budget over what one step keeps alive at its peak."""
-    return max(1, min(timesteps, budget_bytes // max(1, per_step_bytes)))
+    return max(1, min(timesteps, budget_bytes // max(1, PEAK_FACTOR * per_step_bytes)))
 
 
 def _nbytes(value: Any) -> int:
