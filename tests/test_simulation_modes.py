@@ -295,3 +295,18 @@ def test_neuron_update_equals_the_pure_step_functions_bit_for_bit(cap, kind, shi
         out = neuron(x)
         assert torch.equal(out, ref[t]), (kind, cap, shifted, t)
     assert any(bool((r != 0).any()) for r in ref)
+
+
+def test_evaluation_charges_the_prefix_once_on_request():
+    from ann2snn.evaluation import evaluate_classifier
+
+    snn, x = zoo_snn("cnn_digits")
+    y = torch.zeros(x.shape[0], dtype=torch.long)
+    step = evaluate_classifier(snn, (x, y), 4, ceiling_at=[4])
+    once = evaluate_classifier(snn, (x, y), 4, ceiling_at=[4], prefix_macs="once")
+    assert step.accuracy_per_t == once.accuracy_per_t and step.sops_per_t == once.sops_per_t
+    prefix = step.energy.macs / 4
+    assert once.energy.macs == prefix > 0 and step.macs_per_t == [prefix * t for t in (1, 2, 3, 4)]
+    assert once.macs_per_t == [prefix] * 4
+    with pytest.raises(ann2snn.errors.ConfigError):
+        evaluate_classifier(snn, (x, y), 4, prefix_macs="sometimes")

@@ -252,6 +252,7 @@ def evaluate_classifier(
     batch_size: int = 256,
     iat: bool | None = None,
     shard: bool = True,
+    prefix_macs: str = "step",
 ) -> EvalResult:
     """Accuracy of ``snn`` at every t = 1..T, the ANN's accuracy, the quantisation ceiling and energy.
 
@@ -269,6 +270,9 @@ def evaluate_classifier(
         shard: under ``torch.distributed``, split ``data`` across the ranks (default); False when each
             rank already holds its own part. Either way the counts are all-reduced and every rank
             returns the result over all the data.
+        prefix_macs: charge the MACs of the layers before the first neuron (whose input is the same
+            every step under direct coding) every ``step`` (default, as ALGORITHMS.md §7 counts analog
+            layers) or ``once`` per sample (see :mod:`ann2snn.energy`).
 
     Data is streamed one batch at a time: a Dataset larger than memory (one that reads its items
     lazily, or an IterableDataset / generator) is evaluated in memory bounded by one batch.
@@ -282,6 +286,8 @@ def evaluate_classifier(
     if any(t <= 0 for t in ceiling_ts):
         raise ConfigError(f"ceiling timesteps must be positive, got {ceiling_ts}")
     energy_model = resolve_energy_model(energy) if energy is not None else None
+    if prefix_macs not in ("step", "once"):
+        raise ConfigError(f"prefix_macs must be 'step' or 'once', got {prefix_macs!r}")
     has_schedule = bool(snn.info.get("iat"))
     if iat and not has_schedule:
         raise ConfigError("the model has no IAT schedule: convert it with iat=True (ann2snn convert --iat)")
@@ -303,7 +309,7 @@ def evaluate_classifier(
         x, y = _split_batch(batch)
         y = y.to(snn.device)
         if energy_model is not None:
-            with SynapticCounter(snn, energy_model) as counter:
+            with SynapticCounter(snn, energy_model, prefix_macs) as counter:
                 cumulative = _CumulativeOps(counter)
                 snn.step_hooks.append(cumulative)  # after the counter's own hook
                 try:
@@ -323,7 +329,7 @@ def evaluate_classifier(
             from .adaptation.iat import run_iat
 
             if energy_model is not None:
-                with SynapticCounter(snn, energy_model) as counter:
+                with SynapticCounter(snn, energy_model, prefix_macs) as counter:
                     exited = run_iat(snn, x, timesteps)
                 rep = counter.report()
                 iat_sops += rep.sops * rep.samples
