@@ -1,5 +1,6 @@
 """Simulation cost against T x the ANN's forward time for each execution mode (step mode computing
-every node every step, step mode with the static prefix computed once, time-batched mode), the cost
+every node every step, step mode with the static prefix computed once, the same with the compiled
+neuron update, time-batched mode), the cost
 of counting synaptic operations, and peak memory against T.
 
     python benchmarks/bench_simulation.py --models vgg_fmnist resnet_fmnist mobilenet_fmnist --timesteps 4 32
@@ -53,6 +54,7 @@ def _status(field: str) -> int:
 MODES = {  # name -> SpikingModel.run keyword arguments
     "step": dict(mode="step", static_prefix=False),
     "step_prefix": dict(mode="step"),
+    "step_prefix_fused": dict(mode="step", fused=True),
     "batched": dict(mode="batched"),
 }
 

@@ -9,6 +9,7 @@ from torch import nn
 import ann2snn
 from ann2snn.energy import SynapticCounter
 from ann2snn.evaluation import merge_energy_reports
+from ann2snn.neurons.modules import _COMPILE_BROKEN
 
 # -- exact counts ----------------------------------------------------------------------------------
 
@@ -276,25 +277,51 @@ def _reference_neuron(x_steps, theta, cap, shift, signed, bipolar, v0=0.5):
     return outs
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("cap", [1, 3])
 @pytest.mark.parametrize("kind", ["plain", "signed", "bipolar"])
 @pytest.mark.parametrize("shifted", [False, True])
-def test_neuron_update_equals_the_pure_step_functions_bit_for_bit(cap, kind, shifted):
+def test_neuron_update_equals_the_pure_step_functions_bit_for_bit(cap, kind, shifted, fused):
+    """The eager in-place update and the compiled one (``fused``) against the pure step functions."""
     from ann2snn.neurons import SpikingNeuron
+    from ann2snn.neurons.modules import fused_update
+
+    if fused and fused_update("if", torch.device("cpu")) is None:
+        pytest.skip("torch.compile needs a C++ compiler here")
 
     g = torch.Generator().manual_seed(cap)
     theta = torch.rand(5, generator=g) + 0.25
     neuron = SpikingNeuron(theta, cap=cap, signed=kind == "signed", bipolar=kind == "bipolar")
+    neuron.fused = fused
     shift = (torch.rand(5, generator=g) - 0.5) * 0.2 if shifted else torch.zeros(5)
     neuron.bias_shift.copy_(shift)
     lo = -1.0 if kind != "plain" else -0.3
     xs = [torch.rand(7, 5, 3, 3, generator=g) * (1.5 * cap - lo) + lo for _ in range(12)]
     ref = _reference_neuron(xs, theta, cap, shift, kind != "plain", kind == "bipolar")
     neuron.reset()
-    for t, x in enumerate(xs):
-        out = neuron(x)
-        assert torch.equal(out, ref[t]), (kind, cap, shifted, t)
+    with torch.no_grad():
+        for t, x in enumerate(xs):
+            out = neuron(x)
+            assert torch.equal(out, ref[t]), (kind, cap, shifted, t)
     assert any(bool((r != 0).any()) for r in ref)
+    assert "cpu" not in _COMPILE_BROKEN  # the compiled update really ran (no silent fallback)
+
+
+def test_fused_run_equals_eager_run():
+    snn, x = zoo_snn("resnet_digits")
+    for cap in (1, 2):
+        for n in snn.neurons().values():
+            n.set_cap(cap)
+        with SynapticCounter(snn) as eager:
+            ref = snn.run(x, 5)
+        with SynapticCounter(snn) as fused:
+            out = snn.run(x, 5, fused=True)
+        assert torch.equal(ref, out)
+        assert [r.total_spikes for r in eager.report().layers] == [r.total_spikes for r in fused.report().layers]
+        assert not any(n.fused for n in snn.neurons().values())  # only for that run
+    for n in snn.neurons().values():
+        n.set_cap(1)
+    assert "cpu" not in _COMPILE_BROKEN
 
 
 def test_evaluation_charges_the_prefix_once_on_request():

@@ -2,6 +2,11 @@
 
 Memory does not grow with T: each step overwrites the neuron states; only the running output mean
 is kept (and, with ``return_all=True``, the running output after every step).
+
+Two execution modes (:mod:`ann2snn.simulation`): step mode (the default) runs the graph once per step,
+with the static prefix (the nodes before the first neuron, under direct coding) computed once per
+run; time-batched mode (``run(mode="batched")``) runs it layer by layer with the steps of a chunk
+folded into the batch. ``step()``, IAT early exit and runs with a counter attached use step mode.
 """
 
 from __future__ import annotations
@@ -138,6 +143,7 @@ class SpikingModel(nn.Module):
         mode: str = "auto",
         static_prefix: bool = True,
         memory_budget: int | None = None,
+        fused: bool = False,
     ) -> Any:
         """Simulate ``timesteps`` steps on input ``x`` and average the output over steps ``t >= t0``.
 
@@ -159,6 +165,10 @@ class SpikingModel(nn.Module):
                 computes them every step.
             memory_budget: batched mode: bytes the activations of one chunk of steps may take
                 (default :data:`BATCHED_MEMORY_BUDGET`); the chunk size follows from it.
+            fused: update IF and burst neurons with a ``torch.compile``'d step (one loop over memory
+                instead of four passes; the same spikes bit for bit), falling back to the eager update
+                where compiling is unavailable or fails. Off by default: the first run compiles
+                (seconds to a minute), see docs/simulation.md for what it saves.
         """
         timesteps, t0, encoding = self._check_run_args(x, timesteps, t0, encoding, sequence)
         if mode not in ("auto", "step", "batched"):
@@ -174,6 +184,17 @@ class SpikingModel(nn.Module):
         static = static_prefix and encoding == "direct" and not sequence
         if mode == "auto":
             mode = "auto_batched" if AUTO_MODE == "batched" and not (self.step_hooks or self.counters) else "step"
+        neurons = list(self.neurons().values())
+        for n in neurons:
+            n.fused = bool(fused)
+        try:
+            return self._run(x, timesteps, t0, encoding, sequence, generator, static, mode, return_all,
+                             memory_budget)
+        finally:
+            for n in neurons:
+                n.fused = False
+
+    def _run(self, x, timesteps, t0, encoding, sequence, generator, static, mode, return_all, memory_budget):
         outputs = None
         if mode in ("batched", "auto_batched"):
             batched = self._run_batched(x, timesteps, encoding, sequence, generator, static,
