@@ -33,9 +33,10 @@ from .simulation import (
 )
 
 #: what ``run(mode="auto")`` picks where both modes apply. Step mode: on CPU at batch 128 the
-#: time-batched mode is slower (1.1 to 1.8 x step mode's time on the bundled VGG / ResNet / MobileNetV2,
-#: docs/simulation.md): the weight layers are already large matrix products at that batch, and folding
-#: time in only adds copies. It is there for devices where a step's kernels are too small to fill them.
+#: time-batched mode is no faster (1.0 to 1.1 x step mode's time on the bundled VGG / ResNet /
+#: MobileNetV2, docs/simulation.md): the weight layers are already large matrix products at that
+#: batch, and folding time in only adds copies. It is there for devices whose kernels one step's
+#: batch does not fill.
 AUTO_MODE = "step"
 #: batched mode: bytes of activations one chunk of steps may keep alive at once
 BATCHED_MEMORY_BUDGET = 64 * 2**20
