@@ -1,7 +1,9 @@
-"""Issue 3 / 4 benchmark: simulation cost against T x the ANN's forward time, the cost of counting
-synaptic operations, and peak memory against T (memory must not grow with T).
+"""Simulation cost against T x the ANN's forward time for each execution mode (step mode computing
+every node every step, step mode with the static prefix computed once, the same with the compiled
+neuron update, time-batched mode), the cost
+of counting synaptic operations, and peak memory against T.
 
-    python benchmarks/bench_simulation.py --models vgg_fmnist resnet_fmnist
+    python benchmarks/bench_simulation.py --models vgg_fmnist resnet_fmnist mobilenet_fmnist --timesteps 4 32
 
 Times are medians of repeated runs in one process (ratios, as the machine is shared). Memory is
 measured in a fresh subprocess per T: the kernel's peak-RSS counter is reset right before the run
@@ -49,78 +51,82 @@ def _status(field: str) -> int:
     raise RuntimeError(field)
 
 
-def memory_child(path: str, timesteps: int, batch: int, shape: list[int]) -> None:
-    torch.set_num_threads(2)
+MODES = {  # name -> SpikingModel.run keyword arguments
+    "step": dict(mode="step", static_prefix=False),
+    "step_prefix": dict(mode="step"),
+    "step_prefix_fused": dict(mode="step", fused=True),
+    "batched": dict(mode="batched"),
+}
+
+
+def memory_child(path: str, timesteps: int, batch: int, shape: list[int], mode: str) -> None:
+    torch.set_num_threads(1)
     snn = ann2snn.load(path)
     x = torch.randn(batch, *shape)
-    snn.run(x, 2)  # allocate the per-step working set once
+    snn.run(x, 2, **MODES[mode])  # allocate the per-step working set once
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter
     base = _status("VmRSS")
-    snn.run(x, timesteps)
-    print(json.dumps({"T": timesteps, "peak_bytes": _status("VmHWM"), "base_bytes": base}))
+    snn.run(x, timesteps, **MODES[mode])
+    print(json.dumps({"T": timesteps, "mode": mode, "peak_bytes": _status("VmHWM"), "base_bytes": base}))
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict:
     model, dataset = load_pretrained(name)
     xc, _ = tensors(dataset, "train", 512, seed=1)
     x, _ = tensors(dataset, "test", args.batch, seed=3)
-    snn = ann2snn.convert(model, xc.split(128))
-    T = args.timesteps
+    snn = ann2snn.convert(model, xc.split(128), progress=False)
+    rows = {}
+    for T in args.timesteps:
+        @torch.no_grad()
+        def ann():
+            model(x)
 
-    @torch.no_grad()
-    def ann():
-        model(x)
+        def counted(T=T):
+            with SynapticCounter(snn):
+                snn.run(x, T)
 
-    def folded():
-        snn.analog(x, "relu")
-
-    def counted():
-        with SynapticCounter(snn):
-            snn.run(x, T)
-
-    # All four interleaved, so that every ratio compares runs made in the same phases of the machine.
-    wall, cpu = interleaved_medians([ann, folded, lambda: snn.run(x, T), counted], args.repeats)
-    (t_ann, t_folded, t_snn, t_counted), (c_ann, c_folded, c_snn, c_counted) = wall, cpu
-    row = {"batch": args.batch, "T": T, "ann_forward_s": t_ann, "ann_bn_folded_forward_s": t_folded,
-           "snn_run_s": t_snn, "snn_run_counting_s": t_counted,
-           "ratio_vs_T_ann": t_snn / (T * t_ann), "ratio_vs_T_folded_ann": t_snn / (T * t_folded),
-           "counting_overhead": t_counted / t_snn, "ann_forward_cpu_s": c_ann, "ann_bn_folded_forward_cpu_s": c_folded,
-           "snn_run_cpu_s": c_snn, "snn_run_counting_cpu_s": c_counted,
-           "ratio_vs_T_ann_cpu": c_snn / (T * c_ann), "ratio_vs_T_folded_ann_cpu": c_snn / (T * c_folded),
-           "counting_overhead_cpu": c_counted / c_snn, "memory": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = ann2snn.save(snn, Path(tmp) / "snn.pt")
-        for mt in args.memory_ts:
-            out = subprocess.run([sys.executable, __file__, "--memory-child", str(path), str(mt), str(args.batch),
-                                  json.dumps(list(x.shape[1:]))], capture_output=True, text=True, check=True)
-            row["memory"].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    m = {r["T"]: r["peak_bytes"] - r["base_bytes"] for r in row["memory"]}
-    row["memory_growth_ratio"] = m[max(m)] / max(m[min(m)], 1)
-    peak = {r["T"]: r["peak_bytes"] for r in row["memory"]}
-    row["peak_rss_ratio"] = peak[max(peak)] / peak[min(peak)]
-    print(f"{name}: SNN T={T} {t_snn:.2f}s = {row['ratio_vs_T_ann']:.2f} x T x ANN "
-          f"({row['ratio_vs_T_folded_ann']:.2f} x T x BN-folded ANN; CPU time {row['ratio_vs_T_ann_cpu']:.2f} / "
-          f"{row['ratio_vs_T_folded_ann_cpu']:.2f}); counting x{row['counting_overhead']:.2f} "
-          f"(CPU time x{row['counting_overhead_cpu']:.2f}); "
-          f"run memory above baseline " + ", ".join(f"T={k}: {v / 2**20:.1f} MiB" for k, v in m.items())
-          + f"; peak RSS T={max(peak)} / T={min(peak)} = {row['peak_rss_ratio']:.3f}", flush=True)
-    return row
+        runs = {mode: (lambda kw=kw, T=T: snn.run(x, T, **kw)) for mode, kw in MODES.items()}
+        # all interleaved, so that every ratio compares runs made in the same phases of the machine
+        wall, cpu = interleaved_medians([ann, *runs.values(), counted], args.repeats)
+        row = {"batch": args.batch, "T": T, "ann_forward_s": wall[0], "ann_forward_cpu_s": cpu[0], "modes": {}}
+        for i, mode in enumerate(MODES, start=1):
+            row["modes"][mode] = {"run_s": wall[i], "run_cpu_s": cpu[i], "ratio_vs_T_ann": wall[i] / (T * wall[0]),
+                                  "ratio_vs_T_ann_cpu": cpu[i] / (T * cpu[0])}
+        row["counting_overhead_vs_step_prefix"] = wall[-1] / row["modes"]["step_prefix"]["run_s"]
+        outs = {mode: snn.run(x, T, **kw) for mode, kw in MODES.items()}
+        row["max_abs_diff_vs_step"] = {m: float((o - outs["step"]).abs().max()) for m, o in outs.items()}
+        if args.memory:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = ann2snn.save(snn, Path(tmp) / "snn.pt")
+                for mode in MODES:
+                    out = subprocess.run([sys.executable, __file__, "--memory-child", str(path), str(T), str(args.batch),
+                                          json.dumps(list(x.shape[1:])), mode],
+                                         capture_output=True, text=True, check=True)
+                    mem = json.loads(out.stdout.strip().splitlines()[-1])
+                    row["modes"][mode]["peak_rss_bytes"] = mem["peak_bytes"]
+                    row["modes"][mode]["run_memory_above_base_bytes"] = mem["peak_bytes"] - mem["base_bytes"]
+        rows[str(T)] = row
+        print(f"{name} T={T}: ANN {wall[0] * 1e3:.1f} ms; " + "; ".join(
+            f"{m} {r['ratio_vs_T_ann']:.2f} x T x ANN (CPU {r['ratio_vs_T_ann_cpu']:.2f})"
+            + (f", +{r['run_memory_above_base_bytes'] / 2**20:.0f} MiB" if "peak_rss_bytes" in r else "")
+            for m, r in row["modes"].items()) + f"; counting x{row['counting_overhead_vs_step_prefix']:.2f}", flush=True)
+    return rows
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--models", nargs="+", default=["vgg_fmnist", "resnet_fmnist"])
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--timesteps", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--memory-ts", type=int, nargs="+", default=[16, 64, 256])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="simulation")
-    p.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--timesteps", type=int, nargs="+", default=[4, 32])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory subprocesses")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="simulation_modes")
+    p.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:
-        path, t, b, shape = args.memory_child
-        memory_child(path, int(t), int(b), json.loads(shape))
+        path, t, b, shape, mode = args.memory_child
+        memory_child(path, int(t), int(b), json.loads(shape), mode)
         return 0
     torch.set_num_threads(args.threads)
     results = {"provenance": provenance("python benchmarks/bench_simulation.py " + " ".join(argv or sys.argv[1:])),

@@ -13,6 +13,14 @@ Counting rules (per sample, per step):
 * **MACs** at a synaptic layer fed by analog values (the first layer under direct coding, a layer
   after a max-pool of currents or a mixed addition): the dense closed-form count
   ``C_out * prod(out spatial) * C_in / groups * prod(kernel)``, every step.
+* **The static prefix** (the layers before the first neuron, whose input under direct coding is the
+  same every step, see :mod:`ann2snn.simulation`): charged every step by default
+  (``prefix_macs="step"``), as ALGORITHMS.md §7 counts every layer fed by analog values at every
+  step, the count papers' energy figures for an SNN with an analog first layer use (MACs of the
+  first layer times T), and what hardware that recomputes the encoding layer each step spends.
+  ``prefix_macs="once"`` charges them once per run: what this simulator computes, and what hardware
+  that holds the encoded input in a buffer spends. Poisson or sequence input is not static: its
+  first layer is charged every step either way.
 * **Neuron updates**: every neuron, every step (reported; not in the energy by default).
 
 Energy = MACs * E_MAC + SOPs * E_AC; the ANN's energy is its MACs * E_MAC on the same input.
@@ -33,6 +41,7 @@ from torch import Tensor, fx, nn
 from .model import SpikingModel
 from .neurons.modules import Affine, RunningMaxPool, SpikingNeuron
 from .passes.patterns import WEIGHTED_MODULES
+from .simulation import static_node_names
 
 
 @dataclass(frozen=True)
@@ -252,9 +261,15 @@ class SynapticCounter:
     (:meth:`select`) or when the report is built, in float64 so the totals are exact integers.
     """
 
-    def __init__(self, snn: SpikingModel, energy: EnergyModel | str | dict = "45nm"):
+    def __init__(self, snn: SpikingModel, energy: EnergyModel | str | dict = "45nm", prefix_macs: str = "step"):
+        if prefix_macs not in ("step", "once"):
+            raise ValueError(f"prefix_macs must be 'step' or 'once', got {prefix_macs!r}")
         self.snn = snn
         self.energy = resolve_energy_model(energy)
+        self.prefix_macs = prefix_macs
+        self._static_nodes = static_node_names(snn.graph_module)
+        self._static_input = False
+        self._prefix_charged = False
         self.gm = snn.graph_module
         self.events = _EventTracer(self.gm, snn.config.encoding == "poisson")
         self.modules = dict(self.gm.named_modules())
@@ -301,6 +316,7 @@ class SynapticCounter:
     def attach(self) -> None:
         self.layers = {}
         self.batch = 0
+        self._static_nodes = static_node_names(self.gm)  # the graph may have changed since construction
         self._attached = True
         self.snn.step_hooks.append(self._on_step)
         self.snn.counters.append(self)
@@ -333,9 +349,12 @@ class SynapticCounter:
             self._shape[target] = (tuple(inputs[0].shape[1:]), tuple(output.shape[1:]))
         return hook
 
-    def begin(self, batch: int, device: torch.device) -> None:
-        """Called by the model at the start of a run: counts restart for a new batch."""
+    def begin(self, batch: int, device: torch.device, static_input: bool = False) -> None:
+        """Called by the model at the start of a run: counts restart for a new batch. ``static_input``:
+        the input is the same every step (direct coding), so the static prefix may be charged once."""
         self.batch = batch
+        self._static_input = static_input
+        self._prefix_charged = False
         dtype = _count_dtype(device)
         self.index = torch.arange(batch, device=device)
         self.steps = torch.zeros(batch, device=device, dtype=dtype)
@@ -417,7 +436,10 @@ class SynapticCounter:
             ev = self.events.events(node.args[0])
             macs = dense_macs(mod, in_shape, out_shape)
             if ev is None:
-                per_sample = torch.full((n,), float(macs) * steps, device=self.index.device, dtype=dtype)
+                charged = steps
+                if self._static_input and self.prefix_macs == "once" and node.name in self._static_nodes:
+                    charged = 0 if self._prefix_charged else 1
+                per_sample = torch.full((n,), float(macs) * charged, device=self.index.device, dtype=dtype)
                 layer = self._acc(node.target, "synaptic", "macs", per_sample)
             else:
                 key = (node.target, in_shape)
@@ -439,6 +461,7 @@ class SynapticCounter:
         self._pending = {}
         self._pending_input = None
         self._pending_steps = 0
+        self._prefix_charged = True
 
     def pending_spikes(self) -> dict[str, float]:
         """Each neuron layer's spikes (negative ones included) since the last flush, summed over the
@@ -525,6 +548,10 @@ class LayerStats:
     sops: float
     macs: float
     ann_macs: float
+    # sums over all samples (exact integers in float64): what reports of several batches merge by
+    total_spikes: float = 0.0
+    total_sops: float = 0.0
+    total_macs: float = 0.0
 
 
 @dataclass
@@ -541,32 +568,49 @@ class EnergyReport:
     neuron_updates: float
     ann_macs: float
     per_sample: dict[str, list[float]] = field(default_factory=dict)
+    total_steps: float = 0.0  # steps summed over all samples
+    prefix_macs: str = "step"  # the static prefix's MACs charged every step or once per run
 
     @classmethod
     def build(cls, counter: SynapticCounter) -> EnergyReport:
         n = counter.batch
         steps = counter.steps
-        mean = lambda t: float(t.sum() / n) if t is not None else 0.0  # noqa: E731
+        total = lambda t: float(t.sum(dtype=torch.float64)) if t is not None else 0.0  # noqa: E731
         rows = []
         for layer in counter.layers.values():
-            spikes = mean(layer.spikes)
-            rate = spikes / (layer.neurons * float(steps.mean())) if layer.neurons else 0.0
-            rows.append(LayerStats(layer.name, layer.kind, layer.neurons, spikes, rate, mean(layer.sops),
-                                   mean(layer.macs), float(layer.dense_macs)))
-        updates = sum(r.neurons for r in rows) * float(steps.mean())
+            spikes, sops, macs = total(layer.spikes), total(layer.sops), total(layer.macs)
+            rows.append(LayerStats(layer.name, layer.kind, layer.neurons, spikes / n, 0.0, sops / n, macs / n,
+                                   float(layer.dense_macs), spikes, sops, macs))
         per_sample_sops = sum((layer.sops for layer in counter.layers.values() if layer.sops is not None),
                               torch.zeros(n, dtype=torch.float64, device=steps.device))
+        report = cls.from_totals(counter.energy, n, total(steps), rows,
+                                 {"steps": steps.tolist(), "sops": per_sample_sops.tolist()})
+        report.prefix_macs = counter.prefix_macs
+        return report
+
+    @classmethod
+    def from_totals(cls, energy_model: EnergyModel, samples: int, total_steps: float, layers: list[LayerStats],
+                    per_sample: dict[str, list[float]]) -> EnergyReport:
+        """The report of ``samples`` samples from each layer's counts summed over the samples
+        (``total_*``): means and firing rates derive from the exact sums, so that reports merged
+        in any order, or gathered from several processes, give the very numbers of one run."""
+        n = samples
+        mean_steps = total_steps / n
+        for r in layers:
+            r.spikes, r.sops, r.macs = r.total_spikes / n, r.total_sops / n, r.total_macs / n
+            r.firing_rate = r.total_spikes / (r.neurons * total_steps) if r.neurons and total_steps else 0.0
         return cls(
-            energy_model=counter.energy,
+            energy_model=energy_model,
             samples=n,
-            mean_steps=float(steps.mean()),
-            layers=rows,
-            spikes=sum(r.spikes for r in rows),
-            sops=sum(r.sops for r in rows),
-            macs=sum(r.macs for r in rows),
-            neuron_updates=updates,
-            ann_macs=sum(r.ann_macs for r in rows if r.kind == "synaptic"),
-            per_sample={"steps": steps.tolist(), "sops": per_sample_sops.tolist()},
+            mean_steps=mean_steps,
+            layers=layers,
+            spikes=sum(r.total_spikes for r in layers) / n,
+            sops=sum(r.total_sops for r in layers) / n,
+            macs=sum(r.total_macs for r in layers) / n,
+            neuron_updates=sum(r.neurons for r in layers) * mean_steps,
+            ann_macs=sum(r.ann_macs for r in layers if r.kind == "synaptic"),
+            per_sample=per_sample,
+            total_steps=total_steps,
         )
 
     @property
@@ -602,7 +646,8 @@ class EnergyReport:
         e = self.energy_model
         lines += [
             f"per sample over {self.mean_steps:.2f} steps ({self.samples} samples): spikes {self.spikes:,.0f}, "
-            f"SOPs {self.sops:,.0f}, MACs {self.macs:,.0f}, neuron updates {self.neuron_updates:,.0f}",
+            f"SOPs {self.sops:,.0f}, MACs {self.macs:,.0f} (layers before the first neuron charged "
+            f"{'once' if self.prefix_macs == 'once' else 'every step'}), neuron updates {self.neuron_updates:,.0f}",
             f"energy ({e.name}: E_MAC {e.e_mac * 1e12:.3g} pJ, E_AC {e.e_ac * 1e12:.3g} pJ): "
             f"SNN {self.snn_energy * 1e6:.4g} uJ, ANN {self.ann_energy * 1e6:.4g} uJ "
             f"({self.ann_macs:,.0f} MACs), saving {self.saving * 100:.1f} %",
@@ -642,8 +687,8 @@ def _fmt(value: float, show: bool) -> str:
 
 
 def measure(snn: SpikingModel, x: Tensor, timesteps: int | None = None, energy: EnergyModel | str = "45nm",
-            **run_kwargs: Any) -> tuple[Any, EnergyReport]:
+            prefix_macs: str = "step", **run_kwargs: Any) -> tuple[Any, EnergyReport]:
     """Run ``snn`` on ``x`` with counting on; returns ``(output, report)``."""
-    with SynapticCounter(snn, energy) as counter:
+    with SynapticCounter(snn, energy, prefix_macs) as counter:
         out = snn.run(x, timesteps, **run_kwargs)
     return out, counter.report()

@@ -13,6 +13,7 @@ synaptic operations / energy counted during the same run (:class:`~ann2snn.energ
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -167,42 +168,28 @@ def _uj(joules: float) -> str:
 # -- aggregation -----------------------------------------------------------------------------------
 
 def merge_energy_reports(reports: Sequence[EnergyReport]) -> EnergyReport:
-    """One report over all batches: per-sample quantities averaged with the batch sizes as weights."""
+    """One report over all batches. Counts are summed over the samples of every report (integers held
+    exactly in float64, so the order of the reports does not matter) and the per-sample means and
+    firing rates derive from those sums."""
     if not reports:
         raise ValueError("no energy reports to merge")
     n = sum(r.samples for r in reports)
-
-    def avg(values: Iterable[float], weights: Iterable[int]) -> float:
-        return sum(v * w for v, w in zip(values, weights, strict=True)) / n
-
-    weights = [r.samples for r in reports]
     names = list(dict.fromkeys(layer.name for r in reports for layer in r.layers))
     layers = []
     for name in names:
-        rows = [(next((x for x in r.layers if x.name == name), None), r.samples) for r in reports]
-        present = [(x, w) for x, w in rows if x is not None]
-        first = present[0][0]
-        merged = {}
-        for attr in ("spikes", "firing_rate", "sops", "macs"):
-            merged[attr] = sum(getattr(x, attr) * w for x, w in present) / n
-        layers.append(LayerStats(name, first.kind, first.neurons, merged["spikes"], merged["firing_rate"],
-                                 merged["sops"], merged["macs"], first.ann_macs))
+        present = [x for r in reports for x in r.layers if x.name == name]
+        first = present[0]
+        layers.append(LayerStats(name, first.kind, first.neurons, 0.0, 0.0, 0.0, 0.0, first.ann_macs,
+                                 math.fsum(x.total_spikes for x in present), math.fsum(x.total_sops for x in present),
+                                 math.fsum(x.total_macs for x in present)))
     per_sample: dict[str, list[float]] = {}
     for r in reports:
         for k, v in r.per_sample.items():
             per_sample.setdefault(k, []).extend(v)
-    return EnergyReport(
-        energy_model=reports[0].energy_model,
-        samples=n,
-        mean_steps=avg((r.mean_steps for r in reports), weights),
-        layers=layers,
-        spikes=avg((r.spikes for r in reports), weights),
-        sops=avg((r.sops for r in reports), weights),
-        macs=avg((r.macs for r in reports), weights),
-        neuron_updates=avg((r.neuron_updates for r in reports), weights),
-        ann_macs=reports[0].ann_macs,
-        per_sample=per_sample,
-    )
+    merged = EnergyReport.from_totals(reports[0].energy_model, n, math.fsum(r.total_steps for r in reports), layers,
+                                      per_sample)
+    merged.prefix_macs = reports[0].prefix_macs
+    return merged
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -265,6 +252,7 @@ def evaluate_classifier(
     batch_size: int = 256,
     iat: bool | None = None,
     shard: bool = True,
+    prefix_macs: str = "step",
 ) -> EvalResult:
     """Accuracy of ``snn`` at every t = 1..T, the ANN's accuracy, the quantisation ceiling and energy.
 
@@ -282,6 +270,9 @@ def evaluate_classifier(
         shard: under ``torch.distributed``, split ``data`` across the ranks (default); False when each
             rank already holds its own part. Either way the counts are all-reduced and every rank
             returns the result over all the data.
+        prefix_macs: charge the MACs of the layers before the first neuron (whose input is the same
+            every step under direct coding) every ``step`` (default, as ALGORITHMS.md §7 counts analog
+            layers) or ``once`` per sample (see :mod:`ann2snn.energy`).
 
     Data is streamed one batch at a time: a Dataset larger than memory (one that reads its items
     lazily, or an IterableDataset / generator) is evaluated in memory bounded by one batch.
@@ -295,6 +286,8 @@ def evaluate_classifier(
     if any(t <= 0 for t in ceiling_ts):
         raise ConfigError(f"ceiling timesteps must be positive, got {ceiling_ts}")
     energy_model = resolve_energy_model(energy) if energy is not None else None
+    if prefix_macs not in ("step", "once"):
+        raise ConfigError(f"prefix_macs must be 'step' or 'once', got {prefix_macs!r}")
     has_schedule = bool(snn.info.get("iat"))
     if iat and not has_schedule:
         raise ConfigError("the model has no IAT schedule: convert it with iat=True (ann2snn convert --iat)")
@@ -316,7 +309,7 @@ def evaluate_classifier(
         x, y = _split_batch(batch)
         y = y.to(snn.device)
         if energy_model is not None:
-            with SynapticCounter(snn, energy_model) as counter:
+            with SynapticCounter(snn, energy_model, prefix_macs) as counter:
                 cumulative = _CumulativeOps(counter)
                 snn.step_hooks.append(cumulative)  # after the counter's own hook
                 try:
@@ -336,7 +329,7 @@ def evaluate_classifier(
             from .adaptation.iat import run_iat
 
             if energy_model is not None:
-                with SynapticCounter(snn, energy_model) as counter:
+                with SynapticCounter(snn, energy_model, prefix_macs) as counter:
                     exited = run_iat(snn, x, timesteps)
                 rep = counter.report()
                 iat_sops += rep.sops * rep.samples

@@ -68,7 +68,7 @@ class _SpikeTally:
 
     def __call__(self, snn: SpikingModel) -> None:
         for name, mod in self.neurons.items():
-            self.totals[name] += float(mod.spike_events().sum())
+            self.totals[name] += float(mod.spike_events().sum(dtype=torch.float64))  # exact past 2**24
 
 
 def priced_run(snn: SpikingModel, x: Tensor, timesteps: int

@@ -45,6 +45,9 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
                    help="simulate T steps (default: the model's timesteps); accuracy is shown at 1, 2, 4, ..., T")
     p.add_argument("--energy", default="45nm", metavar="{" + ",".join(ENERGY_PRESETS) + "}",
                    help="energy model for the estimate (default: 45nm)")
+    p.add_argument("--prefix-macs", choices=("step", "once"), default="step",
+                   help="charge the MACs of the layers before the first neuron (the same input every step "
+                        "under direct coding) every step (default) or once per sample")
     p.add_argument("--max-samples", type=positive_int, default=None, metavar="N",
                    help="evaluate on a fixed random subset of N test samples")
     add_quiet(p)
@@ -93,7 +96,7 @@ def evaluate_from_args(args: argparse.Namespace, report_dir: str | None) -> tupl
         test = subset(test, args.max_samples, seed=0)
     _check_fits(snn, test, data_name, shape)
     result = evaluate_classifier(snn, test, args.timesteps, energy=args.energy, progress=progress_flag(args),
-                                 batch_size=args.batch_size)
+                                 batch_size=args.batch_size, prefix_macs=getattr(args, "prefix_macs", "step"))
     result.meta.update({"snn": str(args.snn), "data": data_name, "split": "test", "of_samples": full,
                         "model": source.get("model")})
     return snn, result, out_dir

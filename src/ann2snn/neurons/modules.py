@@ -18,6 +18,47 @@ from . import functional as NF
 ANALOG_MODES = ("relu", "clip", "quant")
 
 
+# -- the fused update ------------------------------------------------------------------------------
+
+def _if_update(v: Tensor, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Charge, fire, subtract for IF neurons: ``(spikes as bool, output, new membrane)``."""
+    v = v + x
+    spikes = v >= theta
+    out = torch.where(spikes, theta, 0.0)
+    return spikes, out, v - out
+
+
+def _burst_update(v: Tensor, x: Tensor, theta: Tensor, cap: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The same for burst neurons (up to ``cap`` spikes a step), spikes as float counts."""
+    v = v + x
+    spikes = torch.floor(v / theta).clamp(0.0, cap)
+    spikes = torch.where(v >= theta, spikes.clamp(min=1.0), torch.zeros_like(spikes))
+    out = spikes * theta
+    return spikes, out, v - out
+
+
+_COMPILED: dict[str, Any] = {}
+_COMPILE_BROKEN: set[str] = set()  # device types where compiling failed once: eager from then on
+
+
+def fused_update(kind: str, device: torch.device) -> Any:
+    """``torch.compile`` of :func:`_if_update` (``kind="if"``) or :func:`_burst_update` (``"burst"``):
+    one loop over memory per step instead of four passes; None where it cannot compile (no C++
+    compiler for the CPU backend, no Triton for CUDA, or an earlier failure on this device type)."""
+    if device.type in _COMPILE_BROKEN or device.type not in ("cpu", "cuda"):
+        return None
+    if device.type == "cpu":
+        import shutil
+
+        if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            _COMPILE_BROKEN.add(device.type)
+            return None
+    fn = _COMPILED.get(kind)
+    if fn is None:
+        fn = _COMPILED[kind] = torch.compile(_if_update if kind == "if" else _burst_update, dynamic=None)
+    return fn
+
+
 def broadcast_channel(param: Tensor, ndim: int, channel_dim: int = 1) -> Tensor:
     """View a per-channel vector (or scalar) so that it broadcasts against an ``ndim`` tensor."""
     if param.ndim == 0 or param.numel() == 1 or ndim < 2:
@@ -97,6 +138,7 @@ class SpikingNeuron(StatefulModule):
         self.signed = bool(signed) or self.bipolar
         self.count: Tensor | None = None  # net spikes so far (signed neurons only)
         self.analog: str | None = None
+        self.fused = False  # the compiled update (fused_update); set for a run by SpikingModel.run(fused=True)
         self.quant_timesteps = 0
         self.v: Tensor | None = None
         self.last_spikes: Tensor | None = None
@@ -167,6 +209,10 @@ class SpikingNeuron(StatefulModule):
             self._shift = broadcast_channel(shift, x.ndim).to(x.dtype) if self.has_bias_shift else None
         if self.has_bias_shift:
             x = x + self._shift
+        if self.fused and not self.signed:
+            out = self._fused(x, theta)
+            if out is not None:
+                return out
         # The same dynamics as NF.burst_step, fused and in place on the state this module owns:
         # the charge a spike removes is exactly the output it sends on.
         v = self.v.add_(x)
@@ -177,8 +223,30 @@ class SpikingNeuron(StatefulModule):
             spikes = torch.where(v >= theta, spikes.clamp_(min=1.0), torch.zeros_like(spikes))
         if self.signed:
             spikes = self._signed(v, theta, spikes)
-        out = spikes * theta
+        if spikes.dtype == torch.bool:
+            # a select, not bool * float: the same values (theta or +0) at less than half the time
+            # (the product promotes the bool map to float first, an extra pass over memory)
+            out = torch.where(spikes, theta, 0.0)
+        else:
+            out = spikes * theta
         v.sub_(out)
+        self.last_spikes = spikes
+        return out
+
+    def _fused(self, x: Tensor, theta: Tensor) -> Tensor | None:
+        """The compiled update (see :func:`fused_update`); None to fall back to the eager one."""
+        fn = fused_update("if" if self.cap == 1 else "burst", x.device)
+        if fn is None:
+            return None
+        try:
+            if self.cap == 1:
+                spikes, out, v = fn(self.v, x, theta)
+            else:
+                spikes, out, v = fn(self.v, x, theta, float(self.cap))
+        except Exception:  # noqa: BLE001 - any compiler failure: the eager update gives the same values
+            _COMPILE_BROKEN.add(x.device.type)
+            return None
+        self.v = v
         self.last_spikes = spikes
         return out
 
