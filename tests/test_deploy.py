@@ -325,5 +325,12 @@ def test_integer_formats(digits):
     agree8 = float((out8.argmax(1) == ref.argmax(1)).float().mean())
     agree2 = float((out2.argmax(1) == ref.argmax(1)).float().mean())
     assert agree8 >= 0.95 and agree2 < agree8
+    clipped = [op for op in quantize_ops(ops, clip=0.5) if op.kind == "conv"]
+    saturated = []
+    for op in clipped:  # the scale comes from the median: where it binds, the larger half saturates
+        w = op.tensors["weight"].double() * op.attrs["int_threshold"]
+        assert float(w.abs().max()) <= 127.001
+        saturated.append(float((w.abs() > 126.999).float().mean()))
+    assert max(saturated) > 0.2
     with pytest.raises(ExportError, match="not one convolution"):
         quantize_ops(deploy_ops(converted("resnet_digits", digits), "sinabs"))

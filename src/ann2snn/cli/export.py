@@ -15,7 +15,7 @@ EPILOG = """examples:
   ann2snn export snn.pt --format portable --out snn_portable/             # graph.json + weights.safetensors
   ann2snn export snn.pt --target snntorch --out snn_snntorch.nir          # thresholds folded into the weights,
                                                                           # nodes snnTorch's import_from_nir reads
-  ann2snn export snn.pt --target sinabs --out snn_speck.nir               # also: norse, nir-exact
+  ann2snn export snn.pt --target sinabs --out snn_speck.nir               # also: norse, rockpool, nir-exact
 the exported file is read back by `ann2snn evaluate FILE` (a .nir file or a portable folder) and by
 ann2snn.export.load_snn; see docs/export.md for what each format holds.
 """

@@ -732,7 +732,7 @@ def _meta_of(node: Any) -> dict[str, Any]:
 
 # -- integer formats ------------------------------------------------------------------------------
 
-def quantize_ops(ops: list[Op], weight_bits: int = 8, state_bits: int = 16) -> list[Op]:
+def quantize_ops(ops: list[Op], weight_bits: int = 8, state_bits: int = 16, clip: float | None = None) -> list[Op]:
     """The deploy layer list rounded to a chip's integer formats, the way sinabs discretises a layer
     for DYNAP-CNN / Speck (8-bit weights and biases, 16-bit threshold and membrane): each
     convolution and the neuron layer it feeds share one scale ``s``, the largest that keeps
@@ -740,7 +740,18 @@ def quantize_ops(ops: list[Op], weight_bits: int = 8, state_bits: int = 16) -> l
     initial membrane within the state bits. The result is written back at threshold 1 (weights
     ``round(w s) / round(s)``), so ann2snn runs exactly the integer network. A convolution that
     feeds no neuron (the read-out) is rounded alone. Neurons fed by anything but one convolution
-    are refused."""
+    are refused. ``clip`` (a quantile, e.g. 0.999): the scale comes from that quantile of the
+    weights' and biases' magnitudes instead of their maximum, and the few values beyond it saturate
+    at the largest integer (one outlier channel no longer costs the whole layer its precision)."""
+
+    def top(t: Tensor) -> float:
+        a = t.abs().flatten().double()
+        if clip is None or a.numel() < 2:
+            return float(a.max())
+        if a.numel() > 1_000_000:  # torch.quantile's size limit: a strided sample
+            a = a[:: a.numel() // 1_000_000 + 1]
+        return float(torch.quantile(a, clip))
+
     wmax, smax = 2 ** (weight_bits - 1) - 1, 2 ** (state_bits - 1) - 1
     out = [copy.copy(op) for op in ops]
     for op in out:
@@ -758,23 +769,23 @@ def quantize_ops(ops: list[Op], weight_bits: int = 8, state_bits: int = 16) -> l
         fed.add(src.name)
         w, b = src.tensors["weight"].double(), src.tensors["bias"].double()
         v_init = float(op.attrs["v0"]) + op.tensors["v0_offset"].double()
-        scales = [wmax / float(w.abs().max()), float(smax)]
+        scales = [wmax / top(w), float(smax)]
         if bool(b.any()):
-            scales.append(wmax / float(b.abs().max()))
+            scales.append(wmax / max(top(b), 1e-30))
         if bool(v_init.any()):
             scales.append(smax / float(v_init.abs().max()))
         s = min(scales)
         theta = max(round(s), 1)
         src.attrs["int_threshold"] = theta  # the layer's threshold in the integer format
-        src.tensors["weight"] = (torch.round(w * s) / theta).float()
-        src.tensors["bias"] = (torch.round(b * s) / theta).float()
+        src.tensors["weight"] = (torch.round(w * s).clamp(-wmax, wmax) / theta).float()
+        src.tensors["bias"] = (torch.round(b * s).clamp(-wmax, wmax) / theta).float()
         op.attrs["v0"] = 0.0
         op.tensors["v0_offset"] = (torch.round(v_init * s) / theta).float()
     for op in out:
         if op.kind == "conv" and op.name not in fed:
             w, b = op.tensors["weight"].double(), op.tensors["bias"].double()
-            s = wmax / max(float(w.abs().max()), float(b.abs().max()), 1e-30)
-            op.tensors["weight"] = (torch.round(w * s) / s).float()
-            op.tensors["bias"] = (torch.round(b * s) / s).float()
+            s = wmax / max(top(w), top(b), 1e-30)
+            op.tensors["weight"] = (torch.round(w * s).clamp(-wmax, wmax) / s).float()
+            op.tensors["bias"] = (torch.round(b * s).clamp(-wmax, wmax) / s).float()
             op.attrs["int_threshold"] = s  # the read-out's scale (it has no threshold)
     return out
