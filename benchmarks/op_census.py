@@ -3,7 +3,7 @@
 For every timm architecture whose modules are ReLU family, and every torchvision classification,
 segmentation and video model: random weights, eval mode, the smallest input it runs on (batch 2),
 ``torch.export.export`` with a dynamic batch dimension (static where that fails), and the
-call_function targets of the graph. Writes op_census.json / op_census.md at the repository root.
+call_function targets of the graph. Writes benchmarks/results/op_census.json and docs/op_census.md.
 
     make reach-venv && OMP_NUM_THREADS=1 .venv-reach/bin/python benchmarks/op_census.py
 
@@ -81,7 +81,7 @@ def key(fam: str, name: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(ROOT / "op_census.json"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "op_census.json"))
     ap.add_argument("--family", choices=["timm", "torchvision"], action="append")
     ap.add_argument("--filter", default=None, help="substring of the model name")
     ap.add_argument("--limit", type=int, default=None, help="at most this many exports this run")
@@ -98,7 +98,7 @@ def main() -> None:
     data = json.loads(out.read_text()) if out.exists() else {"classify": {}, "models": {}}
     if not args.render_only:
         run(args, data, out)
-    render(data, out.with_suffix(".md"))
+    render(data, ROOT / "docs" / "op_census.md")
 
 
 def save(data: dict, out: Path) -> None:
@@ -170,7 +170,7 @@ def run(args, data: dict, out: Path) -> None:
               f"{time.perf_counter() - t:.1f} s", flush=True)
         save(data, out)
         if done % 10 == 0:
-            render(data, out.with_suffix(".md"))
+            render(data, ROOT / "docs" / "op_census.md")
     worker.stop()
     save(data, out)
 
