@@ -137,3 +137,30 @@ def test_ssc_max_loss_validation(digits):
         ann2snn.ConversionConfig(ssc_tau=1.0, ssc_max_loss=0.01)
     with pytest.raises(ann2snn.ConfigError, match="ssc_max_loss"):
         ann2snn.ConversionConfig(ssc_max_loss=1.5)
+
+
+def test_cli_evaluate_and_report_show_the_checked_choices(capsys, tmp_path):
+    from ann2snn.cli import main
+    from ann2snn.zoo import get_entry
+
+    if not get_entry("vgg_digits").has_checkpoint:
+        pytest.skip("the bundled vgg_digits checkpoint is not installed")
+    out = tmp_path / "snn.pt"
+    assert main(["convert", "--model", "vgg_digits", "--data", "digits", "--out", str(out), "--calib-samples", "200",
+                 "--timesteps", "8", "--ltb-iters", "20", "--ssc-max-loss", "0.02", "--iat", "--iat-tolerance", "0.02",
+                 "-q"]) == 0
+    snn = ann2snn.load(out)
+    assert snn.config.ssc_max_loss == 0.02 and snn.config.threshold == "auto"
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", "digits", "--max-samples", "60", "--report", str(tmp_path / "r"),
+                 "-q"]) == 0
+    printed = capsys.readouterr().out
+    page = (tmp_path / "r" / "report.md").read_text()
+    picked = snn.info["thresholds"]["picked"]
+    iat, ssc = snn.info["iat"]["fit"]["check"], snn.info["ssc"]["check"]
+    for text in (printed, page):
+        assert f"auto: {picked} thresholds" in text or f"thresholds: {picked} (auto)" in text
+        assert f"on {iat['samples']} held-out adaptation samples {iat['changed']} changed" in text
+        assert f"interval {iat['interval'][0] * 100:.2f} % to {iat['interval'][1] * 100:.2f} %" in text
+        assert f"on {ssc['samples']} held-out adaptation samples {ssc['changed']} changed" in text
+    assert "## Calibration choices and how sure they are" in page

@@ -74,3 +74,37 @@ def estimate(changed: int, n: int, confidence: float = CONFIDENCE) -> dict[str, 
     lower, upper = clopper_pearson(changed, n, confidence)
     return {"changed": changed, "samples": n, "rate": changed / n if n else 0.0,
             "interval": [lower, upper], "confidence": confidence}
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.2f} %"
+
+
+def summaries(info: dict) -> list[str]:
+    """One line per calibration choice recorded in ``snn.info`` that was checked on samples: the
+    ``auto`` threshold choice, IAT's exit schedule, SSC's allowance chosen for a target."""
+    lines = []
+    th = info.get("thresholds")
+    if th:
+        figures = ", ".join(f"{m} {c['divergence']:.4g}" + (f" ({_pct(c['agreement'])} agree)" if "agreement" in c else "")
+                            for m, c in th["candidates"].items())
+        lines.append(f"thresholds: {th['picked']} (auto), its spiking model closest to the ANN at T = {th['timesteps']} "
+                     f"on {th['samples']} adaptation samples; {th['metric']} divergence: {figures}")
+    fit = (info.get("iat") or {}).get("fit") or {}
+    check = fit.get("check")
+    if check:
+        lo, hi = check["interval"]
+        lines.append(f"IAT schedule: tolerance {_pct(fit['tolerance'])} of predictions changed; on {check['samples']} "
+                     f"held-out adaptation samples {check['changed']} changed ({_pct(check['rate'])}, "
+                     f"{check['confidence'] * 100:.0f} % interval {_pct(lo)} to {_pct(hi)}), "
+                     f"fitted on {fit['fit_samples']}, tightened {fit['tightened']} time(s)")
+    ssc = info.get("ssc") or {}
+    check = ssc.get("check")
+    if check and ssc.get("max_loss") is not None:
+        lo, hi = check["interval"]
+        cut = 1 - check["sops_after"] / check["sops_before"] if check["sops_before"] else 0.0
+        lines.append(f"SSC target: at most {_pct(ssc['max_loss'])} of predictions changed; allowance tau = "
+                     f"{ssc['tau']:g}; on {check['samples']} held-out adaptation samples {check['changed']} changed "
+                     f"({_pct(check['rate'])}, {check['confidence'] * 100:.0f} % interval {_pct(lo)} to {_pct(hi)}), "
+                     f"SOPs {-cut * 100:+.1f} %; chosen on {ssc['fit']['samples']}")
+    return lines

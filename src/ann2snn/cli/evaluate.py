@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .. import distributed as D
+from ..adaptation.checks import summaries
 from ..data import subset
 from ..energy import ENERGY_PRESETS
 from ..evaluation import EvalResult, evaluate_classifier
@@ -158,13 +159,21 @@ def describe(snn: SpikingModel, result: EvalResult | TaskResult, path: str) -> s
     if isinstance(result, TaskResult):
         mode = f"; {result.extra['mode']}" if result.extra.get("mode") else ""
         return (f"{Path(path).name}: {made}{len(snn.neurons())} neuron layers, {neuron_words(cfg)} neurons, "
-                f"{cfg.threshold} thresholds ({cfg.granularity}-wise)\n"
+                f"{threshold_words(snn)} thresholds ({cfg.granularity}-wise)\n"
                 f"task: {result.task} ({result.metric}); data: {result.meta['data']} test split, "
                 f"{result.samples} samples{mode}\n")
     subset_note = f" (random subset of {result.meta['of_samples']})" if result.samples < result.meta.get("of_samples", 0) else ""
+    checks = "".join(f"{line}\n" for line in summaries(snn.info))
     return (f"{Path(path).name}: {made}{len(snn.neurons())} neuron layers, {neuron_words(cfg)} neurons, "
-            f"{cfg.threshold} thresholds ({cfg.granularity}-wise)\n"
-            f"data: {result.meta['data']} test split, {result.samples} samples{subset_note}; T = {result.timesteps}\n")
+            f"{threshold_words(snn)} thresholds ({cfg.granularity}-wise)\n"
+            f"data: {result.meta['data']} test split, {result.samples} samples{subset_note}; T = {result.timesteps}\n"
+            + checks)
+
+
+def threshold_words(snn: SpikingModel) -> str:
+    """``mse``, or ``auto: mse`` where the method was chosen at conversion."""
+    picked = (snn.info.get("thresholds") or {}).get("picked")
+    return f"{snn.config.threshold}: {picked}" if picked else snn.config.threshold
 
 
 def run(args: argparse.Namespace) -> int:
