@@ -320,7 +320,8 @@ def _predicted(snn: SpikingModel, x: Tensor, timesteps: int) -> tuple[Tensor, fl
 def compress_to_target(snn: SpikingModel, x: Tensor, max_loss: float, timesteps: int | None = None,
                        scales: Sequence[float] = DEFAULT_SCALES, metric: str = "auto",
                        progress: bool | None = None, cost: str = "sops", correction: str | None = "auto",
-                       check_fraction: float = 0.5, seed: int = 0) -> dict[str, float]:
+                       check_fraction: float = 0.5, seed: int = 0, table: SSCTable | None = None
+                       ) -> dict[str, float]:
     """SSC by target: the thresholds that cut the most SOPs (or spikes) while at most ``max_loss`` of
     the predictions change against the uncompressed SNN, on samples the choice was not made on.
 
@@ -332,10 +333,11 @@ def compress_to_target(snn: SpikingModel, x: Tensor, max_loss: float, timesteps:
     cheapest is tried (a tightening: it costs more), down to no scaling. ``snn.info["ssc"]`` records the
     allowance kept, the tries, and the change on the checked samples with its 95 % Clopper-Pearson
     interval (``check``): what to expect on new data. Classifiers only (the change of predictions is
-    that of the arg-max class). Returns the chosen scales.
+    that of the arg-max class). ``table``: an SSC table already measured on the same part of ``x``
+    (:func:`target_split`; several targets on one model share it). Returns the chosen scales.
     """
     from ..errors import ConfigError
-    from .checks import estimate, split
+    from .checks import estimate
 
     if not 0.0 <= max_loss < 1.0:
         raise ConfigError(f"ssc_max_loss must be in [0, 1), got {max_loss}")
@@ -346,8 +348,7 @@ def compress_to_target(snn: SpikingModel, x: Tensor, max_loss: float, timesteps:
     x = x.to(snn.device)
     if x.shape[0] < 2:
         raise ConfigError("ssc_max_loss needs at least 2 adaptation samples (one to choose on, one to check on)")
-    fit_idx, check_idx = split(x.shape[0], check_fraction, seed)
-    x_fit, x_chk = x[fit_idx.to(x.device)], x[check_idx.to(x.device)]
+    x_fit, x_chk = target_split(x, check_fraction, seed)
     ann = _first_tensor(snn.analog(x_fit[:1], "relu"))
     if ann.ndim != 2:
         raise ConfigError("ssc_max_loss counts changed classes: it needs a classifier ([batch, classes] "
@@ -355,7 +356,8 @@ def compress_to_target(snn: SpikingModel, x: Tensor, max_loss: float, timesteps:
     original = threshold_state(snn)
     base_fit, sops_fit = _predicted(snn, x_fit, timesteps)
     base_chk, sops_chk = _predicted(snn, x_chk, timesteps)
-    table = ssc_table(snn, x_fit, timesteps, scales, metric, progress)
+    if table is None:
+        table = ssc_table(snn, x_fit, timesteps, scales, metric, progress)
     key = "sops" if cost == "sops" else "spikes"
     unscaled = {n: 1.0 for n in table.layers}
     tries: dict[tuple[float, ...], dict[str, Any]] = {}
@@ -411,3 +413,11 @@ def compress_to_target(snn: SpikingModel, x: Tensor, max_loss: float, timesteps:
         "table": table.to_dict(),
     }
     return chosen
+
+
+def target_split(x: Tensor, check_fraction: float = 0.5, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """The samples :func:`compress_to_target` chooses on and those it checks on."""
+    from .checks import split
+
+    fit_idx, check_idx = split(x.shape[0], check_fraction, seed)
+    return x[fit_idx.to(x.device)], x[check_idx.to(x.device)]
