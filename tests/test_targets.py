@@ -1,6 +1,7 @@
 """Choices that promise something about new data: thresholds chosen for the requested T
 (``threshold="auto"``), IAT's exit schedule and SSC's allowance checked on held-out adaptation samples."""
 
+import json
 import math
 
 import pytest
@@ -164,3 +165,9 @@ def test_cli_evaluate_and_report_show_the_checked_choices(capsys, tmp_path):
         assert f"interval {iat['interval'][0] * 100:.2f} % to {iat['interval'][1] * 100:.2f} %" in text
         assert f"on {ssc['samples']} held-out adaptation samples {ssc['changed']} changed" in text
     assert "## Calibration choices and how sure they are" in page
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", "digits", "--max-samples", "30", "--json", "-q"]) == 0
+
+
+    checks = json.loads(capsys.readouterr().out)["meta"]["calibration_checks"]
+    assert checks["iat"]["check"] == iat and checks["ssc"]["check"] == ssc and checks["thresholds"]["picked"] == picked

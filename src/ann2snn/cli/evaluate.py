@@ -96,8 +96,21 @@ def evaluate_from_args(args: argparse.Namespace, report_dir: str | None) -> tupl
     result = evaluate_classifier(snn, test, args.timesteps, energy=args.energy, progress=progress_flag(args),
                                  batch_size=args.batch_size)
     result.meta.update({"snn": str(args.snn), "data": data_name, "split": "test", "of_samples": full,
-                        "model": source.get("model")})
+                        "model": source.get("model"), "calibration_checks": checked_choices(snn.info)})
     return snn, result, out_dir
+
+
+def checked_choices(info: dict) -> dict:
+    """The calibration choices checked on samples, as stored in ``snn.info`` (for ``--json``)."""
+    out = {}
+    if info.get("thresholds"):
+        out["thresholds"] = info["thresholds"]
+    if ((info.get("iat") or {}).get("fit") or {}).get("check"):
+        out["iat"] = {k: v for k, v in info["iat"]["fit"].items() if k != "tries"}
+    if (info.get("ssc") or {}).get("max_loss") is not None:
+        ssc = info["ssc"]
+        out["ssc"] = {"max_loss": ssc["max_loss"], "tau": ssc["tau"], "fit": ssc["fit"], "check": ssc["check"]}
+    return out
 
 
 def _evaluate_task(args, snn: SpikingModel, task: str, data_name: str, mean, std, shape) -> TaskResult:
