@@ -40,7 +40,8 @@ SKIMAGE_TEST = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle")
 SKIMAGE_CALIB = ("camera", "coins", "hubble_deep_field", "immunohistochemistry", "moon", "page", "text", "clock",
                  "brick", "grass", "gravel", "retina")
 CONFIGS = {
-    "ltb": ("IF+LTB", {}),
+    "ltb": ("IF+LTB", {"threshold": "ltb"}),
+    "auto": ("IF+auto (LTB or MSE, checked at --calib-t)", {"threshold": "auto"}),
     "mse": ("IF+MSE", {"threshold": "mse"}),
     # the bias correction simulates all T steps twice per layer (26 runs of VGG-16): it runs on
     # --adapt-crops crops of 1/4 the image area from the calibration images (see adapt_crops)

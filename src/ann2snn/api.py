@@ -20,6 +20,7 @@ from torch import Tensor, fx, nn
 
 from . import distributed as D
 from .adaptation import adapt
+from .adaptation.thresholds import choose_thresholds
 from .calibration.observers import ThresholdObserver
 from .config import ConversionConfig, resolve_config
 from .errors import CalibrationError, ConversionError
@@ -214,7 +215,7 @@ def calibrate(prepared: fx.GraphModule, data: Any, *, progress_bar: bool | None 
     D.check_same(sizes, "the calibration batch sizes")
     if not cached:
         raise CalibrationError("calibration data is empty: give at least one batch")
-    steps = cfg.ltb_iters if cfg.threshold == "ltb" else len(cached)
+    steps = {"ltb": cfg.ltb_iters, "auto": max(cfg.ltb_iters, len(cached))}.get(cfg.threshold, len(cached))
     if progress_bar is None:
         progress_bar = cfg.progress
     for o in obs.values():
@@ -225,6 +226,7 @@ def calibrate(prepared: fx.GraphModule, data: Any, *, progress_bar: bool | None 
             x = cached[k % len(cached)].to(device)
             for o in obs.values():
                 o.ghost = k % len(cached) in ghosts
+                o.ltb_active, o.sample_active = k < cfg.ltb_iters, k < len(cached)  # ``auto``: both methods
             try:
                 prepared(x)
             except (RuntimeError, ValueError, IndexError) as exc:
@@ -232,7 +234,7 @@ def calibrate(prepared: fx.GraphModule, data: Any, *, progress_bar: bool | None 
                 raise CalibrationError(
                     f"calibration batch of shape {tuple(x.shape)} does not fit the model: {first}") from exc
     for o in obs.values():
-        o.ghost = False
+        o.ghost, o.ltb_active, o.sample_active = False, True, True
         o.finalize()
     meta["calibrated"] = True
     meta["calibration"] = {"batches": len(cached), "iterations": steps, "samples": sum(sizes)}
@@ -272,6 +274,7 @@ def to_snn(prepared: fx.GraphModule, caps: dict[str, int] | None = None, *, with
     graph = copy.deepcopy(prepared.graph)
     modules: dict[str, nn.Module] = {}
     layers = []
+    candidates: dict[str, dict[str, Tensor]] = {}  # threshold="auto": each method's thresholds per layer
     orig = dict(prepared.named_modules())
     for node in graph.nodes:
         if node.op == "get_attr":
@@ -282,6 +285,8 @@ def to_snn(prepared: fx.GraphModule, caps: dict[str, int] | None = None, *, with
         if isinstance(mod, ThresholdObserver):
             cap = int(caps.get(mod.name, cfg.burst_cap if cfg.neuron == "adafire" else 1))
             theta = mod.result / cap
+            if mod.candidates:
+                candidates[mod.name] = {method: lam / cap for method, lam in mod.candidates.items()}
             if cfg.neuron == "if" and cfg.step_cap > 1:  # IF thresholds, bursts of whole thresholds
                 cap = cfg.step_cap
             neuron = SpikingNeuron(theta, cap=cap, v0=cfg.v0, clip=mod.clip, name=mod.name,
@@ -308,6 +313,8 @@ def to_snn(prepared: fx.GraphModule, caps: dict[str, int] | None = None, *, with
     info = {"passes": dict(meta["passes"]), "calibration": dict(meta.get("calibration", {})),
             "layers": layers, "example_shape": list(meta.get("example_shape", ()))}
     snn = SpikingModel(gm, cfg, info)
+    if candidates and "adapt_sample" in meta:  # the thresholds made for this T, checked on the spiking model
+        choose_thresholds(snn, meta["adapt_sample"], candidates)
     if with_adapt and not caps and "adapt_sample" in meta:
         adapt(snn, meta["adapt_sample"], progress_bar=progress_bar)
     return snn

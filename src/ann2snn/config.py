@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-THRESHOLD_METHODS = ("ltb", "mse", "percentile", "max")
+THRESHOLD_METHODS = ("auto", "ltb", "mse", "percentile", "max")
 GRANULARITIES = ("channel", "layer")
 NEURONS = ("if", "adafire")
 ENCODINGS = ("direct", "poisson")
@@ -29,7 +29,11 @@ class ConversionConfig:
 
     Attributes:
         threshold: threshold calibration method: ``ltb`` (local-learning threshold balancing),
-            ``mse`` (clipping search minimising the quantisation MSE), ``percentile`` or ``max``.
+            ``mse`` (clipping search minimising the quantisation MSE at ``timesteps``), ``percentile``,
+            ``max`` or ``auto`` (the default: both LTB and MSE are computed, the spiking model is run
+            for ``timesteps`` steps on the adaptation samples with each, and the set whose output is
+            closest to the ANN's is kept; ``snn.info["thresholds"]`` records the check. LTB wins at
+            few steps, MSE as T grows, where LTB stays 1-2 points below the ANN).
         granularity: one threshold per output ``channel`` or per ``layer``.
         percentile: the percentile used by ``percentile`` (of the positive activations).
         ltb_iters: LTB iterations (calibration batches, the data is cycled if shorter).
@@ -57,6 +61,11 @@ class ConversionConfig:
         ssc_tau: Sensitivity Spike Compression allowance tau (0: off): thresholds are scaled layer by
             layer to cut spikes while the output divergence grows by at most tau * its baseline.
             A configured correction is measured again after the scaling.
+        ssc_max_loss: SSC by target (None: off): the thresholds are scaled to cut the most SOPs while at
+            most this fraction of predictions (e.g. 0.005) changes against the uncompressed SNN, chosen
+            on half of the adaptation samples and checked on the other half (the allowance tau is found,
+            tightened until the check holds); ``snn.info["ssc"]["check"]`` holds the change on the
+            checked samples with its 95 % interval. Classifiers only; not together with ``ssc_tau``.
         ssc_cost: what SSC minimises: ``sops`` (the default: each layer's spikes priced by the
             synaptic operations they cause, so large fan-outs are compressed first) or ``spikes``
             (the paper). The same choice on VGG; more SOPs cut per point on MobileNetV2.
@@ -66,8 +75,10 @@ class ConversionConfig:
         iat_a, iat_b: the schedule's constants in theta_t = a + b * exp(min e - e_t).
         iat_confidence: ``entropy`` (1 - H / log C) or ``prob`` (max probability).
         iat_tolerance: if set, ``iat_a`` / ``iat_b`` are not used as given but fitted per model: the
-            fewest mean steps on calibration data with at most this fraction of samples exiting with a
-            prediction other than the full run's (e.g. 0.005).
+            fewest mean steps with at most this fraction of samples exiting with a prediction other than
+            the full run's (e.g. 0.005): fitted on half of the adaptation samples, checked on the other
+            half and tightened until the check holds; ``snn.info["iat"]["fit"]["check"]`` holds the
+            change on the checked samples with its 95 % interval.
         v0: initial membrane potential as a fraction of the threshold (0.5 = half-threshold start).
         v0_mode: ``initial`` (the membrane starts at ``v0 * theta``) or ``spread`` (it starts at 0 and
             ``v0 * theta / T`` is added every step: the same charge over T steps, spread out).
@@ -92,7 +103,7 @@ class ConversionConfig:
         progress: show progress bars (None: only when attached to a terminal).
     """
 
-    threshold: str = "ltb"
+    threshold: str = "auto"
     granularity: str = "channel"
     percentile: float = 99.99
     ltb_iters: int = 64
@@ -111,6 +122,7 @@ class ConversionConfig:
     adapt_samples: int = 256
     correction_target: str = "clip"
     ssc_tau: float = 0.0
+    ssc_max_loss: float | None = None
     ssc_cost: str = "sops"
     ssc_grid: str = "fine"
     iat: bool = False
@@ -150,6 +162,11 @@ class ConversionConfig:
         _choice("iat_confidence", self.iat_confidence, ("entropy", "prob"))
         if not (self.ssc_tau >= 0):
             raise ConfigError(f"ssc_tau must be >= 0, got {self.ssc_tau}")
+        if self.ssc_max_loss is not None:
+            if not (0.0 <= self.ssc_max_loss < 1.0):
+                raise ConfigError(f"ssc_max_loss must be in [0, 1), got {self.ssc_max_loss}")
+            if self.ssc_tau > 0:
+                raise ConfigError("give ssc_tau (the paper's allowance) or ssc_max_loss (a target), not both")
         for name in ("burst_initial", "burst_min", "adapt_samples"):
             _positive_int(name, getattr(self, name))
         if not (self.burst_min <= self.burst_cap <= self.burst_initial):

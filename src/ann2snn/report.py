@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .adaptation.checks import summaries
 from .evaluation import EvalResult, default_timesteps
 from .model import SpikingModel
 
@@ -153,6 +154,13 @@ def _sections(result: EvalResult, snn: SpikingModel) -> list[tuple[str, Any]]:
             facts.append([key.replace("_", " "), source[key]])
     out.append(("h2", "Summary"))
     out.append(("table", (["", ""], facts)))
+    checked = summaries(snn.info)
+    if checked:
+        out.append(("h2", "Calibration choices and how sure they are"))
+        out.append(("p", "Choices made on the adaptation samples, with the figures behind them. The IAT and SSC "
+                         "targets are chosen on one part of the samples and checked on the other; the interval "
+                         "is the exact (Clopper-Pearson) binomial one."))
+        out.extend(("p", line) for line in checked)
     out.append(("h2", "Accuracy against timesteps"))
     rows = [[r["T"], _pct(r["snn"]), _pct(r["ceiling"]), f"{(r['snn'] - result.ann_accuracy) * 100:+.2f}",
              "-" if r["sops"] is None else f"{r['sops']:,.0f}", _pct(r["energy_ratio"])]
@@ -217,6 +225,9 @@ def _ssc_section(ssc: dict[str, Any]) -> list[tuple[str, Any]]:
     scaled = sum(r != 1.0 for r in ssc["scales"].values())
     text = (f"Allowance tau = {ssc['tau']:g}, minimising {ssc.get('cost', 'spikes')}; {scaled} of "
             f"{len(ssc['scales'])} layers scaled")
+    if ssc.get("max_loss") is not None:
+        text = (f"Target: at most {ssc['max_loss'] * 100:.2f} % of predictions changed against the uncompressed "
+                f"network; {len(ssc.get('tries') or [])} allowances tried, " + text[0].lower() + text[1:] + " (kept)")
     if ssc.get("recorrected"):
         text += f", {ssc['recorrected']} correction measured again after scaling"
     checks = ssc.get("checks") or []

@@ -15,7 +15,7 @@ from ..errors import CalibrationError
 from ..model import SpikingModel
 from . import burst, correction
 from .iat import calibrate_iat
-from .ssc import GRIDS, compress
+from .ssc import GRIDS, compress, compress_to_target
 
 
 def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> SpikingModel:
@@ -24,7 +24,8 @@ def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> 
     * AdaFire (``neuron="adafire"``): per-layer burst caps, by sensitivity analysis and dynamic
       programming (``burst_alloc="sensitivity"``) or all equal to ``burst_cap`` (``"uniform"``);
     * ``correction``: bias ("light"), potential ("advanced") or both, layer by layer;
-    * ``ssc_tau > 0``: Sensitivity Spike Compression;
+    * ``ssc_tau > 0``: Sensitivity Spike Compression; ``ssc_max_loss``: the same, to a target change
+      of predictions checked on held-out adaptation samples;
     * ``iat``: the Input-aware Adaptive Timesteps exit schedule.
 
     Under ``torch.distributed`` give every rank the same ``x``: each simulates its share and the
@@ -51,7 +52,10 @@ def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> 
     if cfg.ssc_tau > 0:
         compress(snn, x, cfg.ssc_tau, cfg.timesteps, GRIDS[cfg.ssc_grid], metric=cfg.sensitivity_metric,
                  progress=progress_bar, cost=cfg.ssc_cost)
+    elif cfg.ssc_max_loss is not None:
+        compress_to_target(snn, x, cfg.ssc_max_loss, cfg.timesteps, GRIDS[cfg.ssc_grid],
+                           metric=cfg.sensitivity_metric, progress=progress_bar, cost=cfg.ssc_cost, seed=cfg.seed)
     if cfg.iat:
         calibrate_iat(snn, x.split(64), cfg.timesteps, cfg.iat_a, cfg.iat_b, cfg.iat_confidence,
-                      tolerance=cfg.iat_tolerance)
+                      tolerance=cfg.iat_tolerance, seed=cfg.seed)
     return snn

@@ -67,7 +67,8 @@ class IATSchedule:
 
 @torch.no_grad()
 def calibrate_iat(snn: SpikingModel, data: Any, timesteps: int | None = None, a: float = 0.6, b: float = 0.4,
-                  kind: str = "entropy", max_batches: int = 100, tolerance: float | None = None) -> IATSchedule:
+                  kind: str = "entropy", max_batches: int = 100, tolerance: float | None = None,
+                  check_fraction: float | None = 0.5, seed: int | None = None) -> IATSchedule:
     """Calibrate the exit schedule on calibration data; stored in ``snn.info['iat']``.
 
     The mean normalised entropy at every step gives the schedule's shape. With ``tolerance=None`` the
@@ -75,6 +76,13 @@ def calibrate_iat(snn: SpikingModel, data: Any, timesteps: int | None = None, a:
     are chosen per model: the pair that needs the fewest mean steps on the calibration data while at
     most a ``tolerance`` fraction of its samples exit with a prediction different from the one the
     full ``timesteps`` run gives (no labels needed; that disagreement bounds the accuracy lost).
+
+    A schedule fitted on n samples is the fastest of many tries on them and keeps its tolerance on
+    those samples only. With ``check_fraction`` (default 0.5) the fit uses the other samples and the
+    schedule is checked on these (a seeded random split); while the change of predictions on the
+    checked samples exceeds the tolerance the fit is tightened (see :func:`fit_checked`). The change
+    measured on the checked samples, with its 95 % Clopper-Pearson interval, is stored as
+    ``fit["check"]``: what to expect on new data. ``check_fraction=None`` fits on all samples.
 
     Under ``torch.distributed`` each rank gives its share of the data; the sums are all-reduced and
     the per-sample confidences gathered, so every rank fits the same schedule.
@@ -111,7 +119,11 @@ def calibrate_iat(snn: SpikingModel, data: Any, timesteps: int | None = None, a:
         pred = torch.cat(preds, 1) if preds else torch.empty(timesteps, 0, dtype=torch.long)
         if D.is_distributed():  # samples are columns: gather them in rank order
             conf, pred = D.all_gather_cat(conf.T.contiguous()).T, D.all_gather_cat(pred.T.contiguous()).T
-        schedule = _fit_schedule(schedule, conf, pred, tolerance)
+        if check_fraction is None:
+            schedule = _fit_schedule(schedule, conf, pred, tolerance)
+        else:
+            schedule = fit_checked(schedule, conf, pred, tolerance, check_fraction,
+                                   snn.config.seed if seed is None else seed)
     snn.info["iat"] = schedule.to_dict()
     return schedule
 
@@ -147,6 +159,66 @@ def _fit_schedule(base: IATSchedule, conf: Tensor, pred: Tensor, tolerance: floa
     fit = {"tolerance": tolerance, "samples": n, "mean_steps": mean_steps + 1, "changed": changed,
            "paper_a": base.a, "paper_b": base.b}
     return IATSchedule(a, b, base.mean_entropy, base.confidence, fit)
+
+
+def changed_at_exit(thresholds: Tensor, conf: Tensor, pred: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sample: the 0-based exit step and whether its prediction there differs from the last step's."""
+    steps = exit_steps(thresholds, conf)
+    return steps, pred.gather(0, steps[None])[0] != pred[-1]
+
+
+def fit_checked(base: IATSchedule, conf: Tensor, pred: Tensor, tolerance: float, check_fraction: float = 0.5,
+                seed: int = 0) -> IATSchedule:
+    """Fit (a, b) on part of the samples (columns of ``conf`` / ``pred`` ``[T, N]``) and check the
+    schedule on the rest; tighten until the changed fraction of the checked samples is within
+    ``tolerance``. Tightening first fits again with half the tolerance (while that still lowers the
+    number of fitted samples allowed to change), then raises ``a`` by 0.025 at a time; at ``a >= 1``
+    no sample exits early, which changes nothing. ``fit`` records the tries, the change and mean
+    steps over all samples, and ``check``: the change on the checked samples with its interval."""
+    from .checks import estimate, split
+
+    T, n = conf.shape
+    fit_idx, check_idx = split(n, check_fraction, seed) if n >= 2 else (torch.arange(n), torch.arange(0))
+    conf_fit, pred_fit = conf[:, fit_idx], pred[:, fit_idx]
+    conf_chk, pred_chk = conf[:, check_idx], pred[:, check_idx]
+    n_fit, n_chk = len(fit_idx), len(check_idx)
+    tries: list[dict[str, Any]] = []
+
+    def candidates() -> Iterator[tuple[IATSchedule, float]]:
+        target = tolerance
+        while True:
+            fitted = _fit_schedule(base, conf_fit, pred_fit, target)
+            yield fitted, target
+            allowed = math.floor(target * n_fit + 1e-9)
+            if allowed == 0:
+                break
+            smaller = target / 2
+            while smaller > 0 and math.floor(smaller * n_fit + 1e-9) == allowed:
+                smaller /= 2
+            target = smaller if math.floor(smaller * n_fit + 1e-9) > 0 else 0.0
+        a = fitted.a
+        while a < 1.0:
+            a = min(1.0, round(a + 0.025, 6))
+            yield IATSchedule(a, fitted.b, base.mean_entropy, base.confidence), target
+
+    chosen = None
+    for schedule, target in candidates():
+        th = torch.tensor(schedule.thresholds(), dtype=conf.dtype)
+        _, changed = changed_at_exit(th, conf_chk, pred_chk)
+        k = int(changed.sum())
+        tries.append({"fit_tolerance": target, "a": schedule.a, "b": schedule.b, "check_changed": k})
+        chosen = schedule
+        if k <= tolerance * n_chk + 1e-9:
+            break
+    th = torch.tensor(chosen.thresholds(), dtype=conf.dtype)
+    steps, changed = changed_at_exit(th, conf, pred)
+    steps_chk, changed_chk = changed_at_exit(th, conf_chk, pred_chk)
+    fit = {"tolerance": tolerance, "samples": n, "fit_samples": n_fit, "check_samples": n_chk,
+           "mean_steps": float(steps.float().mean()) + 1, "changed": float(changed.float().mean()),
+           "check": {**estimate(int(changed_chk.sum()), n_chk),
+                     "mean_steps": float(steps_chk.float().mean()) + 1 if n_chk else None},
+           "tightened": len(tries) - 1, "tries": tries, "paper_a": base.a, "paper_b": base.b}
+    return IATSchedule(chosen.a, chosen.b, base.mean_entropy, base.confidence, fit)
 
 
 @dataclass

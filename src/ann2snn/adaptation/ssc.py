@@ -300,3 +300,124 @@ def restore_thresholds(snn: SpikingModel, original: dict[str, tuple[Tensor, ...]
     for name, m in snn.neurons().items():
         for tensor, saved in zip((m.threshold, m.v0_offset, m.bias_shift), original[name], strict=False):
             tensor.copy_(saved)
+
+
+# allowances the target search asks the DP for: from almost nothing to far more than any target needs
+TARGET_TAUS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0)
+
+
+@torch.no_grad()
+def _predicted(snn: SpikingModel, x: Tensor, timesteps: int) -> tuple[Tensor, float]:
+    """The class each sample of ``x`` gets from ``snn`` and the SOPs per sample of that run."""
+    from ..energy import SynapticCounter
+
+    with SynapticCounter(snn) as counter:
+        out = _first_tensor(snn.run(x, timesteps))
+        sops = counter.report().sops
+    return out.flatten(1).argmax(1), sops
+
+
+def compress_to_target(snn: SpikingModel, x: Tensor, max_loss: float, timesteps: int | None = None,
+                       scales: Sequence[float] = DEFAULT_SCALES, metric: str = "auto",
+                       progress: bool | None = None, cost: str = "sops", correction: str | None = "auto",
+                       check_fraction: float = 0.5, seed: int = 0, table: SSCTable | None = None
+                       ) -> dict[str, float]:
+    """SSC by target: the thresholds that cut the most SOPs (or spikes) while at most ``max_loss`` of
+    the predictions change against the uncompressed SNN, on samples the choice was not made on.
+
+    ``x`` is split (seeded) into a part to choose on and a part to check on (``check_fraction`` of
+    it). On the first part the SSC table is measured and the DP asked for its combination at each
+    allowance of :data:`TARGET_TAUS`; each distinct combination (corrected again, as in
+    :func:`compress`) is run and its changed predictions and cost measured. The cheapest combination
+    within ``max_loss`` on the first part is checked on the second; while the check fails, the next
+    cheapest is tried (a tightening: it costs more), down to no scaling. ``snn.info["ssc"]`` records the
+    allowance kept, the tries, and the change on the checked samples with its 95 % Clopper-Pearson
+    interval (``check``): what to expect on new data. Classifiers only (the change of predictions is
+    that of the arg-max class). ``table``: an SSC table already measured on the same part of ``x``
+    (:func:`target_split`; several targets on one model share it). Returns the chosen scales.
+    """
+    from ..errors import ConfigError
+    from .checks import estimate
+
+    if not 0.0 <= max_loss < 1.0:
+        raise ConfigError(f"ssc_max_loss must be in [0, 1), got {max_loss}")
+    timesteps = timesteps or snn.config.timesteps
+    if correction == "auto":
+        correction = snn.config.correction
+    correction = None if correction in (None, "none") else correction
+    x = x.to(snn.device)
+    if x.shape[0] < 2:
+        raise ConfigError("ssc_max_loss needs at least 2 adaptation samples (one to choose on, one to check on)")
+    x_fit, x_chk = target_split(x, check_fraction, seed)
+    ann = _first_tensor(snn.analog(x_fit[:1], "relu"))
+    if ann.ndim != 2:
+        raise ConfigError("ssc_max_loss counts changed classes: it needs a classifier ([batch, classes] "
+                          "output); use ssc_tau for other outputs")
+    original = threshold_state(snn)
+    base_fit, sops_fit = _predicted(snn, x_fit, timesteps)
+    base_chk, sops_chk = _predicted(snn, x_chk, timesteps)
+    if table is None:
+        table = ssc_table(snn, x_fit, timesteps, scales, metric, progress)
+    key = "sops" if cost == "sops" else "spikes"
+    unscaled = {n: 1.0 for n in table.layers}
+    tries: dict[tuple[float, ...], dict[str, Any]] = {}
+    try:
+        for tau in TARGET_TAUS:
+            chosen = choose_scales(table, tau, cost=cost)
+            signature = tuple(chosen[n] for n in table.layers)
+            if chosen == unscaled or signature in tries:
+                continue
+            restore_thresholds(snn, original)
+            apply_corrected(snn, chosen, x_fit, timesteps, correction)
+            measured = measure(snn, x_fit, timesteps, table.metric, spikes=key == "spikes")
+            pred, _ = _predicted(snn, x_fit, timesteps)
+            changed = int(D.sum_floats([float((pred != base_fit).sum())])[0])
+            tries[signature] = {"tau": tau, "scales": chosen, **measured, "fit_changed": changed,
+                                "check_changed": None, "kept": False}
+        n_fit = int(D.sum_floats([float(x_fit.shape[0])])[0])
+        n_chk = int(D.sum_floats([float(x_chk.shape[0])])[0])
+        within = sorted((t for t in tries.values() if t["fit_changed"] <= max_loss * n_fit + 1e-9),
+                        key=lambda t: t[key])
+        kept, log = None, None
+        for t in within:  # the cheapest first; each failed check moves to a costlier one
+            restore_thresholds(snn, original)
+            log = apply_corrected(snn, t["scales"], x_fit, timesteps, correction)
+            pred, sops = _predicted(snn, x_chk, timesteps)
+            t["check_changed"] = int(D.sum_floats([float((pred != base_chk).sum())])[0])
+            t["check_sops"] = D.sum_floats([sops * x_chk.shape[0]])[0] / max(n_chk, 1)
+            if t["check_changed"] <= max_loss * n_chk + 1e-9:
+                kept = t
+                break
+        if kept is None:
+            restore_thresholds(snn, original)
+            log = None
+    except BaseException:
+        restore_thresholds(snn, original)
+        raise
+    chosen = kept["scales"] if kept else unscaled
+    if kept:
+        kept["kept"] = True
+    check_changed = kept["check_changed"] if kept else 0
+    sops_fit_all = D.sum_floats([sops_fit * x_fit.shape[0]])[0] / max(n_fit, 1)
+    sops_chk_all = D.sum_floats([sops_chk * x_chk.shape[0]])[0] / max(n_chk, 1)
+    snn.info["ssc"] = {
+        "max_loss": max_loss, "tau": kept["tau"] if kept else 0.0, "cost": cost,
+        "recorrected": correction if kept else None, "correction": log, "scales": chosen,
+        "calibration": {"divergence_before": table.baseline_divergence,
+                        "divergence_after": kept["divergence"] if kept else table.baseline_divergence,
+                        "sops_before": sops_fit_all, "sops_after": kept["sops"] if kept else sops_fit_all},
+        "fit": {"samples": n_fit, "changed": kept["fit_changed"] if kept else 0},
+        "check": {**estimate(check_changed, n_chk), "sops_before": sops_chk_all,
+                  "sops_after": kept["check_sops"] if kept else sops_chk_all},
+        "tries": [{k: v for k, v in t.items() if k != "scales"} for t in tries.values()],
+        "table": table.to_dict(),
+    }
+    return chosen
+
+
+def target_split(x: Tensor, check_fraction: float = 0.5, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """The samples :func:`compress_to_target` chooses on and those it checks on."""
+    from .checks import split
+
+    fit_idx, check_idx = split(x.shape[0], check_fraction, seed)
+    return x[fit_idx.to(x.device)], x[check_idx.to(x.device)]

@@ -34,7 +34,9 @@ class ThresholdObserver(nn.Module):
 
     Args:
         name: the graph node it stands for.
-        method: ``max``, ``percentile``, ``mse`` or ``ltb``.
+        method: ``max``, ``percentile``, ``mse``, ``ltb`` or ``auto`` (both LTB and the MSE search are
+            computed; ``candidates`` holds each, ``result`` the LTB one until a choice is made by
+            simulating the spiking network, see :mod:`ann2snn.adaptation.thresholds`).
         per_channel: one value per channel (dim 1) or one per layer.
         clip: the activation's own upper bound (ReLU6: 6.0), or ``None``.
         percentile, timesteps, burst_cap, v0, ltb_lr, ltb_forward, sample_size, seed: method parameters.
@@ -83,6 +85,11 @@ class ThresholdObserver(nn.Module):
         self.sample_keys: Tensor | None = None
         self.rows_seen = 0
         self.result: Tensor | None = None
+        self.candidates: dict[str, Tensor] | None = None  # ``auto``: the clipping value of each method
+        # ``auto`` runs as many batches as the longer of its two methods needs: the calibration loop
+        # switches LTB's steps off after ``ltb_iters`` batches and the MSE sample off after one pass
+        self.ltb_active = True
+        self.sample_active = True
 
     def extra_repr(self) -> str:
         signed = ", signed" if self.signed else ""
@@ -93,14 +100,14 @@ class ThresholdObserver(nn.Module):
         if self.collecting:
             self._observe(z.abs() if self.signed else z)
         if self.signed:  # the value it observes has no ReLU: it passes unchanged (LTB's clip: symmetric)
-            if self.collecting and self.method == "ltb" and self.ltb_forward == "clip" and self.ltb is not None:
+            if self.collecting and self.method in ("ltb", "auto") and self.ltb_forward == "clip" and self.ltb is not None:
                 bound = broadcast_channel(self.ltb, z.ndim).to(z.dtype)
                 return torch.clamp(z, -bound, bound)
             return z
         out = torch.relu(z)
         if self.clip is not None:
             out = out.clamp(max=self.clip)
-        if self.collecting and self.method == "ltb" and self.ltb_forward == "clip" and self.ltb is not None:
+        if self.collecting and self.method in ("ltb", "auto") and self.ltb_forward == "clip" and self.ltb is not None:
             out = torch.minimum(out, broadcast_channel(self.ltb, z.ndim).to(z.dtype))
         return out
 
@@ -118,6 +125,11 @@ class ThresholdObserver(nn.Module):
             self._ltb_step(rows)
         elif self.method in ("percentile", "mse"):
             self._reservoir(rows)
+        elif self.method == "auto":
+            if self.ltb_active:
+                self._ltb_step(rows)
+            if self.sample_active:
+                self._reservoir(rows)
 
     def _ltb_step(self, rows: Tensor) -> None:
         """One step of gradient descent on ||clip(x, 0, lambda) - relu(x)||^2 with respect to lambda."""
@@ -173,21 +185,27 @@ class ThresholdObserver(nn.Module):
             # the sample in key order: the same rows in the same order however the data was split
             order = torch.argsort(self.sample_keys)[: self.sample_size]  # keys are unique
             self.sample, self.sample_keys = self.sample[order], self.sample_keys[order]
-        if self.method == "max":
-            lam = self.max
+        if self.method == "auto":
+            self.candidates = {"ltb": self._bounded(self.ltb), "mse": self._bounded(self._mse_search())}
+            lam = self.candidates["ltb"]
+        elif self.method == "max":
+            lam = self._bounded(self.max)
         elif self.method == "ltb":
-            lam = self.ltb
+            lam = self._bounded(self.ltb)
         elif self.method == "percentile":
-            lam = self._percentile()
+            lam = self._bounded(self._percentile())
         else:
-            lam = self._mse_search()
-        lam = torch.minimum(lam.clamp(min=0.0), self.max)  # never above anything observed
-        if self.clip is not None:
-            lam = lam.clamp(max=self.clip)
+            lam = self._bounded(self._mse_search())
         self.result = lam.detach().clone()
         self.collecting = False
         self.sample = self.sample_keys = None
         return self.result
+
+    def _bounded(self, lam: Tensor) -> Tensor:
+        lam = torch.minimum(lam.clamp(min=0.0), self.max)  # never above anything observed
+        if self.clip is not None:
+            lam = lam.clamp(max=self.clip)
+        return lam.detach().clone()
 
     def _percentile(self) -> Tensor:
         values = self.sample.clone()

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .. import distributed as D
+from ..adaptation.checks import summaries
 from ..data import subset
 from ..energy import ENERGY_PRESETS
 from ..evaluation import EvalResult, evaluate_classifier
@@ -98,8 +99,21 @@ def evaluate_from_args(args: argparse.Namespace, report_dir: str | None) -> tupl
     result = evaluate_classifier(snn, test, args.timesteps, energy=args.energy, progress=progress_flag(args),
                                  batch_size=args.batch_size, prefix_macs=getattr(args, "prefix_macs", "step"))
     result.meta.update({"snn": str(args.snn), "data": data_name, "split": "test", "of_samples": full,
-                        "model": source.get("model")})
+                        "model": source.get("model"), "calibration_checks": checked_choices(snn.info)})
     return snn, result, out_dir
+
+
+def checked_choices(info: dict) -> dict:
+    """The calibration choices checked on samples, as stored in ``snn.info`` (for ``--json``)."""
+    out = {}
+    if info.get("thresholds"):
+        out["thresholds"] = info["thresholds"]
+    if ((info.get("iat") or {}).get("fit") or {}).get("check"):
+        out["iat"] = {k: v for k, v in info["iat"]["fit"].items() if k != "tries"}
+    if (info.get("ssc") or {}).get("max_loss") is not None:
+        ssc = info["ssc"]
+        out["ssc"] = {"max_loss": ssc["max_loss"], "tau": ssc["tau"], "fit": ssc["fit"], "check": ssc["check"]}
+    return out
 
 
 def _evaluate_task(args, snn: SpikingModel, task: str, data_name: str, mean, std, shape) -> TaskResult:
@@ -161,13 +175,21 @@ def describe(snn: SpikingModel, result: EvalResult | TaskResult, path: str) -> s
     if isinstance(result, TaskResult):
         mode = f"; {result.extra['mode']}" if result.extra.get("mode") else ""
         return (f"{Path(path).name}: {made}{len(snn.neurons())} neuron layers, {neuron_words(cfg)} neurons, "
-                f"{cfg.threshold} thresholds ({cfg.granularity}-wise)\n"
+                f"{threshold_words(snn)} thresholds ({cfg.granularity}-wise)\n"
                 f"task: {result.task} ({result.metric}); data: {result.meta['data']} test split, "
                 f"{result.samples} samples{mode}\n")
     subset_note = f" (random subset of {result.meta['of_samples']})" if result.samples < result.meta.get("of_samples", 0) else ""
+    checks = "".join(f"{line}\n" for line in summaries(snn.info))
     return (f"{Path(path).name}: {made}{len(snn.neurons())} neuron layers, {neuron_words(cfg)} neurons, "
-            f"{cfg.threshold} thresholds ({cfg.granularity}-wise)\n"
-            f"data: {result.meta['data']} test split, {result.samples} samples{subset_note}; T = {result.timesteps}\n")
+            f"{threshold_words(snn)} thresholds ({cfg.granularity}-wise)\n"
+            f"data: {result.meta['data']} test split, {result.samples} samples{subset_note}; T = {result.timesteps}\n"
+            + checks)
+
+
+def threshold_words(snn: SpikingModel) -> str:
+    """``mse``, or ``auto: mse`` where the method was chosen at conversion."""
+    picked = (snn.info.get("thresholds") or {}).get("picked")
+    return f"{snn.config.threshold}: {picked}" if picked else snn.config.threshold
 
 
 def run(args: argparse.Namespace) -> int:
