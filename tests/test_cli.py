@@ -111,8 +111,7 @@ def test_report_writes_valid_pngs_and_page(capsys, snn_file, tmp_path):
         data = (out_dir / name).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 2000, name
     page = (out_dir / "report.md").read_text()
-    assert "![accuracy against T](accuracy.png)" in page and '"threshold": "auto"' in page
-    assert f"thresholds: {ann2snn.load(snn_file).info['thresholds']['picked']} (auto)" in page
+    assert "![accuracy against T](accuracy.png)" in page and '"threshold": "ltb"' in page
     assert "vgg_digits" in page
     assert (out_dir / "report.html").read_text().startswith("<!doctype html>")
     assert json.loads((out_dir / "results.json").read_text())["samples"] == 60

@@ -28,9 +28,9 @@ class ConversionConfig:
     """Everything that decides how an ANN becomes an SNN.
 
     Attributes:
-        threshold: threshold calibration method: ``ltb`` (local-learning threshold balancing),
-            ``mse`` (clipping search minimising the quantisation MSE at ``timesteps``), ``percentile``,
-            ``max`` or ``auto`` (the default: both LTB and MSE are computed, the spiking model is run
+        threshold: threshold calibration method: ``ltb`` (local-learning threshold balancing,
+            the default), ``mse`` (clipping search minimising the quantisation MSE at ``timesteps``),
+            ``percentile``, ``max`` or ``auto`` (both LTB and MSE are computed, the spiking model is run
             for ``timesteps`` steps on the adaptation samples with each, and the set whose output is
             closest to the ANN's is kept; ``snn.info["thresholds"]`` records the check. LTB wins at
             few steps, MSE as T grows, where LTB stays 1-2 points below the ANN).
@@ -103,7 +103,7 @@ class ConversionConfig:
         progress: show progress bars (None: only when attached to a terminal).
     """
 
-    threshold: str = "auto"
+    threshold: str = "ltb"
     granularity: str = "channel"
     percentile: float = 99.99
     ltb_iters: int = 64
