@@ -284,14 +284,18 @@ def render() -> None:
              "**Broken**: anything else. The classification uses the model's modules and the ATen ops "
              "of its `torch.export` graph. Runs outside CI (`make reach`, its own venv with torch 2.14.1, "
              "torchvision 0.29.1, timm).", ""]
-    fams = []
+    fams, rows = [], []
     for fam in ("torchvision", "timm"):
         path = RESULTS / f"reach_{fam}.json"
         if path.exists():
             fams.append((fam, json.loads(path.read_text())))
-    lines += ["| family | run | ReLU family | converges | broken (ReLU) | other | refused right | "
+            rows.append((f"{fam}, torch.export capture", fams[-1][1]))
+        before = RESULTS / f"reach_{fam}_fx.json"  # the same benchmark with torch.fx symbolic tracing
+        if before.exists():
+            rows.append((f"{fam}, torch.fx symbolic tracing (before)", json.loads(before.read_text())))
+    lines += ["| family, capture | run | ReLU family | converges | broken (ReLU) | other | refused right | "
               "broken (other) | skipped |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for fam, data in fams:
+    for fam, data in rows:
         ms = data["models"].values()
         relu = [m for m in ms if m.get("relu_family") and m["outcome"] != "skipped"]
         other = [m for m in ms if m.get("relu_family") is False and m["outcome"] != "skipped"]

@@ -221,3 +221,10 @@ def test_weights_computed_from_parameters_are_folded_and_constant_affines_count_
     layers = {r.name: r for r in report.layers}
     assert layers["0"].macs > 0 and layers["0"].sops == 0  # analog input
     assert layers["3"].sops > 0 and layers["3"].macs == 0  # spikes scaled and shifted by constants
+
+
+def test_offenders_list_the_activation_first():
+    with pytest.raises(UnsupportedOperationError) as info:
+        ann2snn.convert(SiLUNet().eval(), torch.randn(8, 4, 8, 8))
+    assert info.value.offenders[0].op == "SiLU"
+    assert info.value.offenders[-1].op == "LayerNorm"

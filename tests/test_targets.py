@@ -46,8 +46,8 @@ def test_auto_thresholds_pick_the_method_closest_to_the_ann_at_the_requested_T(d
         single[expected].info["layers"][0]["clip_value_mean"])
 
 
-def test_auto_is_the_default_and_every_method_stays_selectable(digits):
-    assert ann2snn.ConversionConfig().threshold == "auto"
+def test_ltb_stays_the_default_and_every_method_stays_selectable(digits):
+    assert ann2snn.ConversionConfig().threshold == "ltb"
     model, xtr, _, _, _ = digits
     snn = ann2snn.convert(model, xtr[:128], threshold="max", timesteps=8, progress=False)
     assert "thresholds" not in snn.info
@@ -148,7 +148,7 @@ def test_cli_evaluate_and_report_show_the_checked_choices(capsys, tmp_path):
         pytest.skip("the bundled vgg_digits checkpoint is not installed")
     out = tmp_path / "snn.pt"
     assert main(["convert", "--model", "vgg_digits", "--data", "digits", "--out", str(out), "--calib-samples", "200",
-                 "--timesteps", "8", "--ltb-iters", "20", "--ssc-max-loss", "0.02", "--iat", "--iat-tolerance", "0.02",
+                 "--timesteps", "8", "--threshold", "auto", "--ltb-iters", "20", "--ssc-max-loss", "0.02", "--iat", "--iat-tolerance", "0.02",
                  "-q"]) == 0
     snn = ann2snn.load(out)
     assert snn.config.ssc_max_loss == 0.02 and snn.config.threshold == "auto"

@@ -53,14 +53,14 @@ _WHAT_HELPS = {
 class UnsupportedOperationError(ConversionError):
     """The model contains operations a spiking network cannot represent.
 
-    ``offenders`` lists every offending node, each with its op and the user's source line; the
-    message groups them by kind, activations first, with a count and the first source lines.
+    ``offenders`` lists every offending node, each with its op and the user's source line, activations
+    first (then graph order); the message groups them by kind, with a count and the first source lines.
     """
 
     def __init__(self, offenders: list[OffendingNode], hint: str | None = None):
-        self.offenders = list(offenders)
+        self.offenders = sorted(offenders, key=lambda o: o.rank)  # stable: graph order within a rank
         groups: dict[str, list[OffendingNode]] = {}
-        for o in sorted(self.offenders, key=lambda o: o.rank):
+        for o in self.offenders:
             groups.setdefault(o.op, []).append(o)
         kinds = f", {len(groups)} kinds" if len(groups) > 1 else ""
         lines = [f"cannot convert {len(self.offenders)} operation(s) to spiking form{kinds}:"]
