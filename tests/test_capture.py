@@ -228,3 +228,20 @@ def test_offenders_list_the_activation_first():
         ann2snn.convert(SiLUNet().eval(), torch.randn(8, 4, 8, 8))
     assert info.value.offenders[0].op == "SiLU"
     assert info.value.offenders[-1].op == "LayerNorm"
+
+
+def test_stored_tensors_used_as_values_become_graph_constants():
+    class Token(nn.Module):  # ViT's pattern: a stored token expanded to the batch and concatenated
+        def __init__(self):
+            super().__init__()
+            self.token = nn.Parameter(torch.randn(1, 4, 1))
+            self.conv = nn.Conv1d(4, 4, 1)
+
+        def forward(self, x):
+            t = self.token.expand(x.shape[0], -1, -1)
+            return torch.relu(self.conv(torch.cat([t, x], dim=2))).flatten(1)
+
+    model = Token().eval()
+    x = torch.randn(8, 4, 3)
+    (e16, e256), _ = _relative_errors(model, x)
+    assert e256 < 0.05, (e16, e256)

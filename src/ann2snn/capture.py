@@ -205,13 +205,13 @@ class _Lifter:
         name = self.fresh(path or f"{kind}")
         mod.eval()
         self.root.add_module(name, mod)
-        return self._finish(self.graph.call_module(name, (x, *extra)))
+        return self._finish(self.graph.call_module(name, self.materialise((x, *extra))))
 
     def function(self, fn: Any, args: tuple, kwargs: dict | None = None) -> fx.Node:
-        return self._finish(self.graph.call_function(fn, args, kwargs or {}))
+        return self._finish(self.graph.call_function(fn, self.materialise(args), self.materialise(kwargs or {})))
 
     def method(self, name: str, args: tuple) -> fx.Node:
-        return self._finish(self.graph.call_method(name, args))
+        return self._finish(self.graph.call_method(name, self.materialise(args)))
 
     # - driver -
     def lift(self) -> fx.GraphModule:
@@ -254,6 +254,8 @@ class _Lifter:
                 self.root.register_buffer(name, t.clone())
                 return self.graph.get_attr(name)
             return a
+        if isinstance(v, dict):
+            return {k: self.materialise(a) for k, a in v.items()}
         if isinstance(v, (list, tuple)):
             return type(v)(self.materialise(a) for a in v)
         return one(v)
@@ -584,9 +586,11 @@ def _mean(L: _Lifter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
     return L.function(torch.mean, L.materialise(args), {})
 
 
-def _static_shape(node: fx.Node, shape: Any) -> list:
+def _static_shape(node: fx.Node, shape: Any, infer: bool = True) -> list:
     """``shape`` with sizes computed at run time replaced by numbers from the captured output's shape,
-    and the one dynamic size (the batch) by -1, so that no size query stays in the graph."""
+    and the one dynamic size (the batch) by -1 (``infer``: a reshape infers it), so that no size query
+    stays in the graph. Without ``infer`` (expand, where -1 keeps the input's size) the dynamic size
+    stays the size query it was."""
     out = node.meta.get("val")
     if not isinstance(out, Tensor) or len(out.shape) != len(shape):
         return list(shape)
@@ -594,7 +598,7 @@ def _static_shape(node: fx.Node, shape: Any) -> list:
     dynamic = [i for i, d in enumerate(dims) if not isinstance(d, int)]
     if len(dynamic) > 1:
         return list(shape)
-    return [-1 if i in dynamic else int(d) for i, d in enumerate(dims)]
+    return [(-1 if infer else shape[i]) if i in dynamic else int(d) for i, d in enumerate(dims)]
 
 
 @_op(aten.view, aten.reshape, aten._unsafe_view)
@@ -604,7 +608,7 @@ def _reshape(L: _Lifter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
 
 @_op(aten.expand)
 def _expand(L: _Lifter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
-    return L.method("expand", (args[0], *_static_shape(node, args[1])))
+    return L.method("expand", (args[0], *_static_shape(node, args[1], infer=False)))
 
 
 @_op(aten.t)
