@@ -245,3 +245,16 @@ def test_stored_tensors_used_as_values_become_graph_constants():
     x = torch.randn(8, 4, 3)
     (e16, e256), _ = _relative_errors(model, x)
     assert e256 < 0.05, (e16, e256)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_padding_that_copies_entries_converts(mode):
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3, padding=1, padding_mode=mode), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 36, 3)).eval()
+    x = torch.randn(16, 2, 6, 6)
+    (e16, e256), snn = _relative_errors(model, x)
+    assert e256 < 0.05 and e256 < e16 / 2, (e16, e256)
+    _, report = measure(snn, x, 4)
+    assert next(r for r in report.layers if r.name == "2").sops > 0  # padded spikes are still spikes

@@ -243,7 +243,10 @@ def _classify_function(node: fx.Node) -> Classified:
         value = _arg(node, 3, "value", None)
         if mode == "constant" and (value is None or value == 0):
             return Classified(Kind.LINEAR)
-        return Classified(Kind.UNSUPPORTED, reason=f"padding mode={mode!r} value={value!r} (only zero padding)")
+        if mode in ("reflect", "replicate", "circular"):  # copies of entries: linear in the activations
+            return Classified(Kind.LINEAR)
+        return Classified(Kind.UNSUPPORTED, reason=f"padding mode={mode!r} value={value!r} (zero, reflect, "
+                          "replicate or circular padding converts)")
     if fn in LINEAR_FUNCTIONS:
         return Classified(Kind.LINEAR)
     if fn in SCALING_FUNCTIONS:
