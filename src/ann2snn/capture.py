@@ -15,7 +15,6 @@ graph as it is and classified as unsupported by :mod:`ann2snn.passes.patterns`, 
 
 from __future__ import annotations
 
-import copy
 import operator
 import sys
 import warnings
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .errors import CalibrationError, ConversionError, OffendingNode, UnsupportedOperationError
-from .tracing import user_frame
+from .tracing import eval_copy, user_frame
 
 aten = torch.ops.aten
 
@@ -69,13 +68,7 @@ def capture(model: nn.Module, example: Tensor) -> fx.GraphModule:
     The model itself is not touched. Raises :class:`UnsupportedOperationError` naming the user's
     source line when the model cannot be captured at all (e.g. ``if`` on the values of a tensor).
     """
-    if not isinstance(model, nn.Module):
-        raise ConversionError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    try:
-        work = copy.deepcopy(model)
-    except Exception as exc:  # noqa: BLE001 - any failure to copy is reported the same way
-        raise ConversionError(f"could not copy the model before converting it ({exc}); the model was not modified") from exc
-    work.eval()
+    work = eval_copy(model)
     x = example_batch(example)
     try:
         x = x.to(next(iter(work.parameters())).device)
@@ -293,10 +286,9 @@ class _Lifter:
             return args[0]
         if target is operator.getitem and isinstance(args[0], (tuple, list)):  # a tuple a handler made
             return args[0][args[1]]
-        if not isinstance(target, torch._ops.OpOverload):  # python operators on sizes, getitem
-            return self.function(target, self.materialise(args), self.materialise(kwargs))
-        # Not convertible: keep the op as it is, to be classified and reported.
-        return self.function(target, self.materialise(args), self.materialise(kwargs))
+        # Python operators on sizes and getitem, or an op that does not convert: kept as it is (the
+        # latter to be classified and reported)
+        return self.function(target, args, kwargs)
 
 
 class _NotLiftable(Exception):
@@ -567,7 +559,7 @@ def _adaptive_max(L: _Lifter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
 
 def _fn(fn: Any) -> _Handler:
     def handler(L: _Lifter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
-        return L.function(fn, L.materialise(args), L.materialise(kwargs))
+        return L.function(fn, args, kwargs)
     return handler
 
 
@@ -583,7 +575,7 @@ for _p, _f in ((aten.cat, torch.cat), (aten.concat, torch.cat), (aten.stack, tor
 def _mean(L: _Lifter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
     if kwargs.get("dtype") is not None:
         raise _NotLiftable("mean with a dtype")
-    return L.function(torch.mean, L.materialise(args), {})
+    return L.function(torch.mean, args, {})
 
 
 def _static_shape(node: fx.Node, shape: Any, infer: bool = True) -> list:
@@ -684,7 +676,7 @@ def _interpolate(L: _Lifter, node: fx.Node, x: Any, mode: str, align: bool | Non
 
 def _binary(fn: Any) -> _Handler:
     def handler(L: _Lifter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
-        a, b = L.materialise(args[:2])
+        a, b = args[:2]
         alpha = kwargs.get("alpha", args[2] if len(args) > 2 else 1)
         if alpha != 1:
             b = L.function(operator.mul, (b, alpha))
@@ -700,7 +692,7 @@ for _p, _f in ((aten.add, operator.add), (aten.add_, operator.add), (aten.sub, o
 
 @_op(aten.rsub)
 def _rsub(L: _Lifter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
-    a, b = L.materialise(args[:2])
+    a, b = args[:2]
     return L.function(operator.sub, (b, a))
 
 

@@ -48,15 +48,20 @@ def user_frame(exc: BaseException) -> str | None:
     return f"{f.filename}:{f.lineno} `{(f.line or '').strip()}`"
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Trace a copy of ``model`` (in eval mode) into a GraphModule; the model itself is not touched."""
+def eval_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode, for a front end to capture; the model itself is not touched."""
     if not isinstance(model, nn.Module):
         raise ConversionError(f"expected a torch.nn.Module, got {type(model).__name__}")
     try:
         work = copy.deepcopy(model)
     except Exception as exc:  # noqa: BLE001 - any failure to copy is reported the same way
         raise ConversionError(f"could not copy the model before converting it ({exc}); the model was not modified") from exc
-    work.eval()
+    return work.eval()
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Trace a copy of ``model`` (in eval mode) into a GraphModule; the model itself is not touched."""
+    work = eval_copy(model)
     tracer = _Tracer()
     try:
         graph = tracer.trace(work)
