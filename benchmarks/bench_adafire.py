@@ -1,4 +1,4 @@
-"""Issue 6 benchmark: AdaFire and corrections at low T, beside each configuration's quantisation
+"""AdaFire and corrections at low T, beside each configuration's quantisation
 ceiling, with synaptic operations.
 
     python benchmarks/bench_adafire.py --models vgg_fmnist resnet_fmnist mobilenet_fmnist

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Segmentation, detection, video and event models (issue 8): the task metric of ANN and SNN across T.
+"""Segmentation, detection, video and event models: the task metric of ANN and SNN across T.
 
     python benchmarks/bench_dense.py                                  # every model, every config
     python benchmarks/bench_dense.py --models unet_seg --configs ltb mse --test-samples 200

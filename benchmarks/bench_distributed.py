@@ -1,4 +1,4 @@
-"""Issue 11 benchmark: speed-up of data-parallel calibration + evaluation with 2 processes (gloo).
+"""Speed-up of data-parallel calibration + evaluation with 2 processes (gloo).
 
     python benchmarks/bench_distributed.py --model vgg_fmnist --calib 512 --test 512 --timesteps 16
 

@@ -1,4 +1,4 @@
-"""Issue 6: the *measure* choices of ALGORITHMS.md, each against the default on the same model, T and
+"""The *measure* choices of ALGORITHMS.md, each against the default on the same model, T and
 test subset (AdaFire + MSE + advanced correction as the base).
 
     python benchmarks/bench_measures.py --models vgg_fmnist --ts 4 8

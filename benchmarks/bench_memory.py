@@ -1,4 +1,4 @@
-"""Issue 11 benchmark: peak memory of calibration and of evaluation against batch size, T and the
+"""Peak memory of calibration and of evaluation against batch size, T and the
 number of evaluated samples.
 
     python benchmarks/bench_memory.py --model vgg_fmnist

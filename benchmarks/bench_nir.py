@@ -1,4 +1,4 @@
-"""Issue 10 benchmark: NIR export checked against other readers of NIR.
+"""NIR export checked against other readers of NIR.
 
     python benchmarks/bench_nir.py --models mlp_digits cnn_digits resnet_digits mobilenet_digits \
         resnet_fmnist mobilenet_fmnist
@@ -163,7 +163,7 @@ def bench(name, T, test_samples, calib_samples, neuron, norse_samples, have_nors
 
 
 def table(d: dict) -> str:
-    """The results as the markdown table of docs/benchmarks.md."""
+    """The results as a markdown table."""
     p = d["provenance"]
     out = [f"`{p['command']}` — commit `{p['commit']}`, {p['date']}, {p['machine']}, "
            + ", ".join(f"{k} {v}" for k, v in d["versions"].items()), ""]

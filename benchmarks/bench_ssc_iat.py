@@ -1,4 +1,4 @@
-"""Issue 7 benchmark: Sensitivity Spike Compression (SOPs against accuracy over tau) and
+"""Sensitivity Spike Compression (SOPs against accuracy over tau) and
 Input-aware Adaptive Timesteps (accuracy, mean steps, wall time against the full run, same process).
 
     python benchmarks/bench_ssc_iat.py --models vgg_fmnist

@@ -1,4 +1,4 @@
-"""Issue 3 benchmark: every threshold method on the bundled Fashion-MNIST models, accuracy at
+"""Every threshold method on the bundled Fashion-MNIST models: accuracy at
 T = 4 ... 256 from one return_all pass, with the quantisation ceiling beside each curve.
 
     python benchmarks/bench_thresholds.py --models vgg_fmnist resnet_fmnist --test-samples 1000

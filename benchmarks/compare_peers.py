@@ -1,4 +1,4 @@
-"""Issue 9: ann2snn side by side with SpikingJelly's ANN-to-SNN converter on the same checkpoints and data.
+"""ann2snn side by side with SpikingJelly's ANN-to-SNN converter on the same checkpoints and data.
 
     pip install --no-deps spikingjelly==2.0.0 && pip install tqdm loguru requests   # the peer (once)
     OMP_WAIT_POLICY=PASSIVE python benchmarks/compare_peers.py            # every phase, every model
@@ -23,7 +23,8 @@ install the peer. Phases (``--phases``, in this order; results are saved after e
 * ``measures``: wall time per sample and peak memory of an evaluation (batch 100, T = 32, no counting),
   each in a fresh process, as ratios to ann2snn IF+LTB.
 * ``plots``: accuracy against T and SOPs against accuracy, into docs/img/.
-* ``tables``: print the markdown tables of docs/benchmarks.md from the results.
+* ``tables``: print the full markdown tables of the results (every mode and T; docs/results.md shows
+  the best of each tool, written by ``benchmarks/make_tables.py``).
 
 SOPs are counted the same way on both sides (ALGORITHMS.md §7): every spike that reaches a synaptic
 layer costs one accumulate per outgoing synapse (the layer's fan-out map, ann2snn.energy.fanout_map),

@@ -1,6 +1,6 @@
 """torchvision-style architectures for the coverage table of ``compare_peers.py`` (random weights).
 
-torchvision cannot be installed beside torch 2.13 cheaply (see docs/benchmarks.md), so these are
+torchvision cannot be installed beside torch 2.13 cheaply, so these are
 re-implementations written the way torchvision 0.2x writes the modules, with the features that matter
 to a converter kept as they are there:
 

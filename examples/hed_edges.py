@@ -7,7 +7,7 @@ write its edge map for one scikit-image photo, beside the ANN's.
 
 Writes runs/hed_edges/<image>_T<T>.png (input | ANN | SNN) and prints how close the SNN's edge map is
 to the ANN's: F-measure of the maps thresholded at 0.5 (the ANN's as reference) and the mean absolute
-error of the edge probabilities. Full figures: benchmarks/bench_hed.py and docs/benchmarks.md.
+error of the edge probabilities. Full figures: benchmarks/bench_hed.py and docs/results.md.
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""Issue 8: synthetic dense / video / event data, task metrics, signed neurons, the bundled dense models."""
+"""Synthetic dense / video / event data, task metrics, signed neurons, the bundled dense models."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every pretrained digits model of the zoo converges to its ANN as T grows (issue 3's core promise)."""
+"""Every pretrained digits model of the zoo converges to its ANN as T grows."""
 
 import pytest
 import torch

@@ -55,7 +55,7 @@ class ConversionConfig:
         mse_levels: the MSE search quantises to ``T * burst_cap`` (``Tm``, the levels a burst neuron
             with the target cap can emit) or to ``T`` levels; the same for IF neurons (m = 1).
             ``Tm`` gave the same accuracy with 20-30 % fewer SOPs on VGG and +2.6 points on
-            MobileNetV2 at T = 4 (docs/benchmarks.md).
+            MobileNetV2 at T = 4 (benchmarks/results/adafire_tm.json against adafire*.json).
         adapt_samples: calibration samples kept for sensitivity analysis and corrections.
         correction_target: corrections aim at the ``clip``-ped ANN activations or the plain ``relu`` ones.
         ssc_tau: Sensitivity Spike Compression allowance tau (0: off): thresholds are scaled layer by

@@ -5,7 +5,7 @@ unscaled): measure the increase of the output divergence from the ANN, dS_l(r) =
 and the layer's spikes N_l(r). Choose one r per layer minimising sum N_l(r_l) subject to
 sum max(dS_l(r_l), 0) <= tau * S_base, exactly, by dynamic programming. tau = 0 changes nothing.
 
-Three choices beyond the paper, all measured in docs/benchmarks.md: the objective may price each layer's
+Three choices beyond the paper, all measured (docs/history.md): the objective may price each layer's
 spikes by the synaptic operations one of them causes (``cost="sops"``: what energy counts, so layers
 with a large fan-out are compressed first), and a model with bias / potential correction is corrected
 again after its thresholds are scaled (the corrections cancel the mean error of the thresholds in use);

@@ -82,7 +82,7 @@ def mobilenet_fmnist(**kwargs) -> nn.Module:
                           **kwargs})
 
 
-# ----------------------------------------------- synthetic dense / video / event tasks (issue 8)
+# ----------------------------------------------------------- synthetic dense / video / event tasks
 # Trained by benchmarks/train_dense.py on the generators of ann2snn.data.synthetic.
 
 
