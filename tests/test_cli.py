@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -193,6 +194,104 @@ def test_yaml_config_needs_pyyaml(capsys, weights, tmp_path):
         pytest.skip("PyYAML is installed")
 
 
+# -- compare ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def adafire_file(weights, tmp_path_factory) -> Path:
+    """AdaFire at T = 4 with spike compression: the second configuration beside ``snn_file`` (IF, T = 8)."""
+    out = tmp_path_factory.mktemp("adafire") / "adafire.pt"
+    argv = ["convert", *weights, "--data", "digits", "--out", str(out), *FAST, "--timesteps", "4", "--neuron",
+            "adafire", "--burst-alloc", "uniform", "--ssc-tau", "2", "--adapt-samples", "64"]
+    assert main(argv) == 0
+    return out
+
+
+def _comparison_want(files: list[Path], samples: int, batch_size: int, timesteps: int | None = None):
+    test = subset(get_dataset("digits", "test"), samples, seed=0)
+    return [evaluate_classifier(snn, test, timesteps or snn.config.timesteps, batch_size=batch_size)
+            for snn in (ann2snn.load(f) for f in files)]
+
+
+def test_compare_json_equals_evaluate_classifier(capsys, snn_file, adafire_file):
+    code, out, err = run(capsys, "compare", str(adafire_file), str(snn_file), "--max-samples", "120",
+                         "--batch-size", "64", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    want = _comparison_want([adafire_file, snn_file], 120, 64)
+    assert got["samples"] == 120 and got["data"] == "digits" and got["model"] == "vgg_digits"
+    assert got["ann"]["accuracy"] == want[0].ann_accuracy == want[1].ann_accuracy
+    assert got["ann"]["macs"] == want[0].energy.ann_macs
+    assert [r["timesteps"] for r in got["snns"]] == [4, 8]
+    assert [r["config"]["summary"] for r in got["snns"]] == ["adafire, ltb, SSC", "if, ltb"]
+    for row, res in zip(got["snns"], want, strict=True):
+        assert row["accuracy"] == res.accuracy
+        assert row["delta_points"] == pytest.approx((res.accuracy - res.ann_accuracy) * 100)
+        assert row["sops"] == pytest.approx(res.energy.sops, rel=1e-12)
+        assert row["saving"] == pytest.approx(res.energy.saving, rel=1e-12)
+        full = dict(row["evaluation"])
+        expected = json.loads(res.to_json())
+        for d in (full, expected):
+            d.pop("seconds")
+            d.pop("meta")
+        assert full == expected  # the same evaluation as `ann2snn evaluate --json`
+
+
+def test_compare_table_and_report(capsys, snn_file, adafire_file, tmp_path):
+    report = tmp_path / "rep"
+    code, out, err = run(capsys, "compare", str(adafire_file), str(snn_file), "--max-samples", "90",
+                         "--batch-size", "64", "--timesteps", "2", "--report", str(report), "-q")
+    assert code == 0, err
+    want = _comparison_want([adafire_file, snn_file], 90, 64, timesteps=2)
+    lines = out.splitlines()
+    assert max(len(ln) for ln in lines) <= 100
+    ann_row = next(ln for ln in lines if ln.startswith("ANN "))
+    assert f"{want[0].ann_accuracy * 100:.2f} %" in ann_row
+    for name, res in zip(("adafire.pt", "snn.pt"), want, strict=True):
+        row = next(ln for ln in lines if ln.startswith(name + " "))
+        cells = row.split()
+        assert cells[cells.index("%") - 2] == "2"  # T, overridden for both
+        for text in (f"{res.accuracy * 100:.2f} %", f"{(res.accuracy - res.ann_accuracy) * 100:+.2f}",
+                     f"{res.energy.sops:,.0f}", f"saving {res.energy.saving * 100:+.1f} %"):
+            assert text in row, (text, row)
+    assert "90 test samples" in out and f"report: {report / 'compare.md'}" in out
+    assert (report / "compare.png").read_bytes()[:8] == PNG_MAGIC
+    page = (report / "compare.md").read_text()
+    assert "![accuracy and energy per model](compare.png)" in page
+    assert f"| adafire.pt | adafire, ltb, SSC | 2 | {want[0].accuracy * 100:.2f} % |" in page
+    assert json.loads((report / "compare.json").read_text())["snns"][1]["sops"] == pytest.approx(want[1].energy.sops)
+
+
+@pytest.fixture(scope="module")
+def mismatched(snn_file, tmp_path_factory) -> Path:
+    """Copies of ``snn_file`` that record another model, and other data."""
+    d = tmp_path_factory.mktemp("mismatch")
+    for name, key, value in (("other_model.pt", "model", "mlp_digits"), ("other_data.pt", "data", "mnist")):
+        snn = ann2snn.load(snn_file)
+        snn.info["source"][key] = value
+        ann2snn.save(snn, d / name)
+    return d
+
+
+COMPARE_CASES = {
+    "missing snn": (["{snn}", "{d}/none.pt"], "no such file"),
+    "other model": (["{snn}", "{m}/other_model.pt"], "converted from vgg_digits (weights"),
+    "other data": (["{snn}", "{m}/other_data.pt"], "converted on digits but {m}/other_data.pt on mnist"),
+    "zero timesteps": (["{snn}", "--timesteps", "0"], "--timesteps must be a positive integer"),
+    "unknown energy": (["{snn}", "--energy", "quantum"], "unknown energy model"),
+    "no snn": ([], "the following arguments are required: SNN"),
+}
+
+
+@pytest.mark.parametrize("case", list(COMPARE_CASES))
+def test_compare_bad_input(capsys, case, snn_file, bad_files, mismatched, tmp_path):
+    argv, fragment = COMPARE_CASES[case]
+    argv = [a.format(d=bad_files, snn=snn_file, m=mismatched) for a in argv]
+    code, out, err = run(capsys, "compare", *argv, "--report", str(tmp_path / "rep"), "-q")
+    assert_one_line_error(code, err, fragment.format(m=mismatched))
+    assert out == ""
+    assert not (tmp_path / "rep").exists()
+
+
 # -- inspect / zoo --------------------------------------------------------------------------------
 
 def test_inspect_describes_each_node(capsys):
@@ -293,11 +392,70 @@ def test_python_dash_m_subprocess():
 
 def test_help_and_version(capsys):
     assert main(["--version"]) == 0
-    assert ann2snn.__version__ in capsys.readouterr().out
+    assert capsys.readouterr().out.startswith(f"ann2snn {ann2snn.__version__} (torch {torch.__version__}")
     assert main(["convert", "--help"]) == 0
     out = capsys.readouterr().out
     for flag in ("--threshold", "--granularity", "--neuron", "--burst-cap", "--calib-samples", "--config", "--ltb-iters"):
         assert flag in out
+
+
+def test_python_dash_m_version():
+    proc = subprocess.run([sys.executable, "-m", "ann2snn", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(r"ann2snn \d+\.\d+\.\d+ \(torch [^,]+, Python [\d.]+\)\n", proc.stdout), proc.stdout
+
+
+def test_every_config_field_is_in_exactly_one_group():
+    import dataclasses
+
+    from ann2snn.config import CONFIG_GROUPS, FIELD_PAGE
+
+    listed = [name for group in CONFIG_GROUPS.values() for name in group.fields]
+    assert sorted(listed) == sorted(f.name for f in dataclasses.fields(ann2snn.ConversionConfig))
+    assert len(listed) == len(set(listed))
+    for page in FIELD_PAGE.values():
+        assert re.fullmatch(r"docs/(methods/)?[a-z_]+\.md", page), page
+
+
+def test_convert_help_groups_flags_with_their_docs_page(capsys):
+    from ann2snn.config import CONFIG_GROUPS
+
+    assert main(["convert", "--help"]) == 0
+    out = capsys.readouterr().out
+    sections: dict[str, str] = {}  # group title -> its block of the help text
+    title = None
+    for line in out.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            title = line[:-1]
+            sections[title] = ""
+        elif title is not None:
+            sections[title] += line + "\n"
+    for spec in CONFIG_GROUPS.values():
+        block = sections[spec.title]
+        for name in spec.fields:
+            if name not in ("progress", "extra"):
+                assert f"--{name.replace('_', '-')} " in block or f"--{name.replace('_', '-')}," in block, name
+        for page in spec.pages:
+            if page:
+                assert page in " ".join(block.split()), (spec.title, page)
+    assert "--model MODEL" in sections["model and weights"] and "docs/capture.md" in sections["model and weights"]
+    assert "--calib-samples" in sections["data"] and "--out FILE" in sections["output and other"]
+
+
+def test_config_errors_name_the_docs_page(capsys, tmp_path):
+    with pytest.raises(ann2snn.ConfigError, match=r"ssc_tau must be >= 0, got -1 \(see docs/methods/ssc\.md\)$"):
+        ann2snn.ConversionConfig(ssc_tau=-1)
+    with pytest.raises(ann2snn.ConfigError, match=r"unknown threshold 'x'.*\(see docs/methods/thresholds\.md\)$"):
+        ann2snn.ConversionConfig(threshold="x")
+    out = tmp_path / "snn.pt"
+    code, _, err = run(capsys, "convert", "--model", "vgg_digits", "--data", "digits", "--neuron", "adafire",
+                       "--step-cap", "2", "--out", str(out))
+    assert_one_line_error(code, err, "step_cap=2 applies to IF neurons")
+    assert err.rstrip().endswith("(see docs/methods/events.md)")
+    code, _, err = run(capsys, "convert", "--model", "vgg_digits", "--data", "digits", "--iat-a", "many",
+                       "--out", str(out))
+    assert_one_line_error(code, err, "--iat-a", "(see docs/methods/iat.md)")
+    assert not out.exists()
 
 
 def test_every_config_field_has_a_flag(capsys):

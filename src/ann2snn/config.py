@@ -21,6 +21,61 @@ SENSITIVITY_METRICS = ("auto", "kl", "mse")
 MSE_LEVELS = ("T", "Tm")
 CORRECTION_TARGETS = ("clip", "relu")
 CORRECTIONS = ("none", "light", "advanced", "both")
+BURST_COSTS = ("spikes", "sops")
+SSC_COSTS = ("sops", "spikes")
+SSC_GRIDS = ("fine", "paper")
+IAT_CONFIDENCES = ("entropy", "prob")
+V0_MODES = ("initial", "spread")
+
+
+@dataclass(frozen=True)
+class FieldGroup:
+    """A group of config fields: ``ann2snn convert --help`` shows their flags together under
+    ``title`` with ``summary`` and the docs pages; ``pages`` maps each page (None: none) to the fields
+    it explains, and a ConfigError about one of those fields names that page."""
+
+    title: str
+    summary: str
+    pages: dict[str | None, tuple[str, ...]]
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(name for names in self.pages.values() for name in names)
+
+
+# Every ConversionConfig field belongs to exactly one group (tests/test_cli.py checks it).
+CONFIG_GROUPS: dict[str, FieldGroup] = {
+    "thresholds": FieldGroup("thresholds", "how each layer's firing threshold is calibrated", {
+        "docs/methods/thresholds.md": ("threshold", "granularity", "percentile", "ltb_iters", "ltb_lr", "ltb_forward",
+                                       "mse_levels", "calib_batches", "sample_size"),
+    }),
+    "neurons": FieldGroup("neurons and simulation", "the neuron model, its burst caps and the simulated steps", {
+        "docs/methods/adafire.md": ("neuron", "burst_cap", "burst_initial", "burst_min", "burst_budget",
+                                    "burst_alloc", "burst_cost", "sensitivity_metric"),
+        "docs/methods/events.md": ("signed", "step_cap"),
+        "docs/simulation.md": ("timesteps", "encoding", "v0", "v0_mode", "t0", "spike_linear"),
+    }),
+    "corrections": FieldGroup("corrections", "bias / membrane-potential corrections after calibration", {
+        "docs/methods/corrections.md": ("correction", "correction_target", "adapt_samples"),
+    }),
+    "ssc": FieldGroup("spike compression (SSC)", "scale thresholds up to cut spikes and SOPs", {
+        "docs/methods/ssc.md": ("ssc_tau", "ssc_max_loss", "ssc_cost", "ssc_grid"),
+    }),
+    "iat": FieldGroup("adaptive timesteps (IAT)", "let each sample stop once its output is confident", {
+        "docs/methods/iat.md": ("iat", "iat_a", "iat_b", "iat_confidence", "iat_tolerance"),
+    }),
+    "other": FieldGroup("output and other", "", {None: ("seed", "progress", "extra")}),
+}
+
+FIELD_GROUP: dict[str, str] = {name: key for key, group in CONFIG_GROUPS.items() for name in group.fields}
+FIELD_PAGE: dict[str, str] = {name: page for group in CONFIG_GROUPS.values() for page, names in group.pages.items()
+                              if page is not None for name in names}
+
+
+def field_error(name: str, message: str) -> ConfigError:
+    """A ConfigError about config field ``name``, ending with the docs page that explains it."""
+    page = FIELD_PAGE.get(name)
+    return ConfigError(f"{message} (see {page})" if page else message)
 
 
 @dataclass(frozen=True)
@@ -153,52 +208,51 @@ class ConversionConfig:
         _choice("ltb_forward", self.ltb_forward, LTB_FORWARDS)
         _choice("correction", self.correction, CORRECTIONS)
         _choice("burst_alloc", self.burst_alloc, BURST_ALLOCS)
-        _choice("burst_cost", self.burst_cost, ("spikes", "sops"))
-        _choice("ssc_cost", self.ssc_cost, ("spikes", "sops"))
-        _choice("ssc_grid", self.ssc_grid, ("fine", "paper"))
+        _choice("burst_cost", self.burst_cost, BURST_COSTS)
+        _choice("ssc_cost", self.ssc_cost, SSC_COSTS)
+        _choice("ssc_grid", self.ssc_grid, SSC_GRIDS)
+        _choice("v0_mode", self.v0_mode, V0_MODES)
         _choice("sensitivity_metric", self.sensitivity_metric, SENSITIVITY_METRICS)
         _choice("mse_levels", self.mse_levels, MSE_LEVELS)
         _choice("correction_target", self.correction_target, CORRECTION_TARGETS)
-        _choice("iat_confidence", self.iat_confidence, ("entropy", "prob"))
+        _choice("iat_confidence", self.iat_confidence, IAT_CONFIDENCES)
         if not (self.ssc_tau >= 0):
-            raise ConfigError(f"ssc_tau must be >= 0, got {self.ssc_tau}")
+            raise field_error("ssc_tau", f"ssc_tau must be >= 0, got {self.ssc_tau}")
         if self.ssc_max_loss is not None:
             if not (0.0 <= self.ssc_max_loss < 1.0):
-                raise ConfigError(f"ssc_max_loss must be in [0, 1), got {self.ssc_max_loss}")
+                raise field_error("ssc_max_loss", f"ssc_max_loss must be in [0, 1), got {self.ssc_max_loss}")
             if self.ssc_tau > 0:
-                raise ConfigError("give ssc_tau (the paper's allowance) or ssc_max_loss (a target), not both")
+                raise field_error("ssc_tau", "give ssc_tau (the paper's allowance) or ssc_max_loss (a target), not both")
         for name in ("burst_initial", "burst_min", "adapt_samples"):
             _positive_int(name, getattr(self, name))
         if not (self.burst_min <= self.burst_cap <= self.burst_initial):
-            raise ConfigError(f"need burst_min <= burst_cap <= burst_initial, got {self.burst_min}, "
+            raise field_error("burst_cap", f"need burst_min <= burst_cap <= burst_initial, got {self.burst_min}, "
                               f"{self.burst_cap}, {self.burst_initial}")
         if not (0.0 < self.burst_budget <= 10.0):
-            raise ConfigError(f"burst_budget (rho) must be in (0, 10], got {self.burst_budget}")
+            raise field_error("burst_budget", f"burst_budget (rho) must be in (0, 10], got {self.burst_budget}")
         if not (0.0 < self.percentile <= 100.0):
-            raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
+            raise field_error("percentile", f"percentile must be in (0, 100], got {self.percentile}")
         _positive_int("timesteps", self.timesteps)
         _positive_int("ltb_iters", self.ltb_iters)
         _positive_int("burst_cap", self.burst_cap)
         _positive_int("step_cap", self.step_cap)
         if self.step_cap > 1 and self.neuron != "if":
-            raise ConfigError(f"step_cap={self.step_cap} applies to IF neurons; AdaFire sets its caps itself")
+            raise field_error("step_cap", f"step_cap={self.step_cap} applies to IF neurons; AdaFire sets its caps itself")
         _positive_int("sample_size", self.sample_size)
         if self.calib_batches is not None:
             _positive_int("calib_batches", self.calib_batches)
         if not (self.ltb_lr > 0):
-            raise ConfigError(f"ltb_lr must be > 0, got {self.ltb_lr}")
+            raise field_error("ltb_lr", f"ltb_lr must be > 0, got {self.ltb_lr}")
         if not (0.0 <= self.v0 <= 1.0):
-            raise ConfigError(f"v0 must be in [0, 1] (a fraction of the threshold), got {self.v0}")
+            raise field_error("v0", f"v0 must be in [0, 1] (a fraction of the threshold), got {self.v0}")
         if not (0 <= self.seed < 2**63):
-            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+            raise field_error("seed", f"seed must be in [0, 2**63), got {self.seed}")
         if self.iat_tolerance is not None and not (0.0 <= self.iat_tolerance < 1.0):
-            raise ConfigError(f"iat_tolerance must be in [0, 1), got {self.iat_tolerance}")
-        if self.v0_mode not in ("initial", "spread"):
-            raise ConfigError(f"v0_mode must be 'initial' or 'spread', got {self.v0_mode!r}")
+            raise field_error("iat_tolerance", f"iat_tolerance must be in [0, 1), got {self.iat_tolerance}")
         if not isinstance(self.t0, int) or self.t0 < 0:
-            raise ConfigError(f"t0 must be an integer >= 0, got {self.t0!r}")
+            raise field_error("t0", f"t0 must be an integer >= 0, got {self.t0!r}")
         if self.t0 >= self.timesteps:
-            raise ConfigError(f"t0 ({self.t0}) must be smaller than timesteps ({self.timesteps})")
+            raise field_error("t0", f"t0 ({self.t0}) must be smaller than timesteps ({self.timesteps})")
 
     def replace(self, **overrides: Any) -> ConversionConfig:
         """A copy with some fields changed (validated); unknown names raise ``ConfigError``."""
@@ -254,16 +308,16 @@ def _check_types(cfg: ConversionConfig) -> None:
         if not ok:
             shown = [t for t in allowed if not (t is int and float in allowed)]
             expected = " or ".join(_TYPE_WORDS.get(t, t.__name__) for t in shown)
-            raise ConfigError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+            raise field_error(name, f"{name} must be {expected}, got {type(value).__name__} {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+            raise field_error(name, f"{name} must be a finite number, got {value!r}")
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+        raise field_error(name, f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
 
 
 def _positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        raise field_error(name, f"{name} must be a positive integer, got {value!r}")

@@ -24,12 +24,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from . import distributed as D
+from .config import field_error
 from .energy import EnergyModel, EnergyReport, LayerStats, SynapticCounter, resolve_energy_model
 from .errors import ConfigError
 from .model import SpikingModel
 from .utils import progress as _progress
 
-__all__ = ["EvalResult", "default_timesteps", "evaluate_classifier", "merge_energy_reports"]
+__all__ = ["ANNResult", "EvalResult", "default_timesteps", "evaluate_ann", "evaluate_classifier",
+           "merge_energy_reports"]
 
 
 def default_timesteps(t_max: int) -> list[int]:
@@ -253,6 +255,7 @@ def evaluate_classifier(
     iat: bool | None = None,
     shard: bool = True,
     prefix_macs: str = "step",
+    desc: str | None = None,
 ) -> EvalResult:
     """Accuracy of ``snn`` at every t = 1..T, the ANN's accuracy, the quantisation ceiling and energy.
 
@@ -273,13 +276,14 @@ def evaluate_classifier(
         prefix_macs: charge the MACs of the layers before the first neuron (whose input is the same
             every step under direct coding) every ``step`` (default, as ALGORITHMS.md §7 counts analog
             layers) or ``once`` per sample (see :mod:`ann2snn.energy`).
+        desc: the progress bar's label (default ``evaluating T=...``).
 
     Data is streamed one batch at a time: a Dataset larger than memory (one that reads its items
     lazily, or an IterableDataset / generator) is evaluated in memory bounded by one batch.
     """
     timesteps = snn.config.timesteps if timesteps is None else timesteps
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps <= 0:
-        raise ConfigError(f"timesteps must be a positive integer, got {timesteps!r}")
+        raise field_error("timesteps", f"timesteps must be a positive integer, got {timesteps!r}")
     if max_batches is not None and max_batches <= 0:
         raise ConfigError(f"max_batches must be a positive integer, got {max_batches!r}")
     ceiling_ts = sorted(set(ceiling_at if ceiling_at is not None else default_timesteps(timesteps)))
@@ -290,7 +294,7 @@ def evaluate_classifier(
         raise ConfigError(f"prefix_macs must be 'step' or 'once', got {prefix_macs!r}")
     has_schedule = bool(snn.info.get("iat"))
     if iat and not has_schedule:
-        raise ConfigError("the model has no IAT schedule: convert it with iat=True (ann2snn convert --iat)")
+        raise field_error("iat", "the model has no IAT schedule: convert it with iat=True (ann2snn convert --iat)")
     use_iat = has_schedule if iat is None else bool(iat)
     iat_correct, iat_steps, iat_sops, iat_macs = 0, 0.0, 0.0, 0.0
     iat_hist = torch.zeros(timesteps, dtype=torch.long)
@@ -305,7 +309,7 @@ def evaluate_classifier(
     macs_t = torch.zeros(timesteps, dtype=torch.float64)
     samples = 0
     snn.eval()
-    for batch in _progress(batches, total, f"evaluating T={timesteps}", progress):
+    for batch in _progress(batches, total, desc or f"evaluating T={timesteps}", progress):
         x, y = _split_batch(batch)
         y = y.to(snn.device)
         if energy_model is not None:
@@ -376,6 +380,42 @@ def evaluate_classifier(
         iat=iat_result,
         seconds=time.perf_counter() - start,
     )
+
+
+@dataclass
+class ANNResult:
+    """What :func:`evaluate_ann` measured: the ANN's accuracy in [0, 1], the samples, the wall time."""
+
+    accuracy: float
+    samples: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "samples": self.samples, "seconds": self.seconds}
+
+
+@torch.no_grad()
+def evaluate_ann(snn: SpikingModel, data: Any, *, progress: bool | None = None, max_batches: int | None = None,
+                 batch_size: int = 256, shard: bool = True, desc: str = "evaluating the ANN") -> ANNResult:
+    """The ANN alone: ``snn.analog(x, "relu")`` (the original network, BN folded), counted as
+    :func:`evaluate_classifier` counts its ``ann_accuracy`` on the same ``data``, and timed. The
+    arguments are :func:`evaluate_classifier`'s."""
+    if max_batches is not None and max_batches <= 0:
+        raise ConfigError(f"max_batches must be a positive integer, got {max_batches!r}")
+    batches, total = _batches(data, batch_size, max_batches, shard)
+    start = time.perf_counter()
+    correct = samples = 0
+    snn.eval()
+    for batch in _progress(batches, total, desc, progress):
+        x, y = _split_batch(batch)
+        y = y.to(snn.device)
+        correct += int((_predict(snn.analog(x, "relu")) == y).sum())
+        samples += int(y.shape[0])
+    if D.is_distributed():
+        correct, samples = D.all_reduce_sum(torch.tensor([correct, samples], dtype=torch.long)).tolist()
+    if samples == 0:
+        raise ConfigError("evaluation data is empty")
+    return ANNResult(correct / samples, samples, time.perf_counter() - start)
 
 
 class _CumulativeOps:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils._pytree import tree_map
 
-from .config import ConversionConfig
+from .config import ConversionConfig, field_error
 from .errors import ConfigError
 from .neurons.modules import RunningMaxPool, SpikingNeuron, StatefulModule, unique_label
 from .simulation import (
@@ -279,14 +279,14 @@ class SpikingModel(nn.Module):
                 raise ConfigError(f"timesteps={timesteps} but the input sequence has only {x.shape[0]} frames")
         timesteps = self.config.timesteps if timesteps is None else timesteps
         if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps <= 0:
-            raise ConfigError(f"timesteps must be a positive integer, got {timesteps!r}")
+            raise field_error("timesteps", f"timesteps must be a positive integer, got {timesteps!r}")
         if t0 is None:  # the config's delay applies only where the run is longer than it
             t0 = self.config.t0 if self.config.t0 < timesteps else 0
         if isinstance(t0, bool) or not isinstance(t0, int) or t0 < 0 or t0 >= timesteps:
-            raise ConfigError(f"t0 must be an integer in [0, timesteps), got t0={t0!r}, timesteps={timesteps}")
+            raise field_error("t0", f"t0 must be an integer in [0, timesteps), got t0={t0!r}, timesteps={timesteps}")
         encoding = encoding or self.config.encoding
         if encoding not in ("direct", "poisson"):
-            raise ConfigError(f"unknown encoding {encoding!r}; choose direct or poisson")
+            raise field_error("encoding", f"unknown encoding {encoding!r}; choose direct or poisson")
         return timesteps, t0, encoding
 
     # -- analog reference ----------------------------------------------------------------------

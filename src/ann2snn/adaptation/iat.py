@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..config import field_error
 from ..errors import ConfigError
 from ..model import SpikingModel
 
@@ -35,7 +36,7 @@ def confidence(logits: Tensor, kind: str = "entropy") -> Tensor:
         return 1.0 - normalised_entropy(logits)
     if kind == "prob":
         return torch.softmax(logits.flatten(1).float(), dim=1).amax(1)
-    raise ConfigError(f"unknown confidence {kind!r}; choose entropy or prob")
+    raise field_error("iat_confidence", f"unknown confidence {kind!r}; choose entropy or prob")
 
 
 @dataclass
@@ -91,7 +92,7 @@ def calibrate_iat(snn: SpikingModel, data: Any, timesteps: int | None = None, a:
     from ..utils import iter_inputs
 
     if tolerance is not None and not 0.0 <= tolerance < 1.0:
-        raise ConfigError(f"IAT tolerance must be in [0, 1), got {tolerance}")
+        raise field_error("iat_tolerance", f"IAT tolerance must be in [0, 1), got {tolerance}")
     timesteps = timesteps or snn.config.timesteps
     sums = torch.zeros(timesteps, dtype=torch.float64)
     confs, preds = [], []
@@ -257,7 +258,7 @@ class Stream:
         if schedule is None:
             stored = snn.info.get("iat")
             if not stored:
-                raise ConfigError("no IAT schedule: call ann2snn.calibrate_iat(snn, data) or convert with iat=True")
+                raise field_error("iat", "no IAT schedule: call ann2snn.calibrate_iat(snn, data) or convert with iat=True")
             schedule = IATSchedule.from_dict(stored)
         self.snn, self.schedule = snn, schedule
         self.timesteps = timesteps or snn.config.timesteps

@@ -336,22 +336,22 @@ def compress_to_target(snn: SpikingModel, x: Tensor, max_loss: float, timesteps:
     that of the arg-max class). ``table``: an SSC table already measured on the same part of ``x``
     (:func:`target_split`; several targets on one model share it). Returns the chosen scales.
     """
-    from ..errors import ConfigError
+    from ..config import field_error
     from .checks import estimate
 
     if not 0.0 <= max_loss < 1.0:
-        raise ConfigError(f"ssc_max_loss must be in [0, 1), got {max_loss}")
+        raise field_error("ssc_max_loss", f"ssc_max_loss must be in [0, 1), got {max_loss}")
     timesteps = timesteps or snn.config.timesteps
     if correction == "auto":
         correction = snn.config.correction
     correction = None if correction in (None, "none") else correction
     x = x.to(snn.device)
     if x.shape[0] < 2:
-        raise ConfigError("ssc_max_loss needs at least 2 adaptation samples (one to choose on, one to check on)")
+        raise field_error("ssc_max_loss", "ssc_max_loss needs at least 2 adaptation samples (one to choose on, one to check on)")
     x_fit, x_chk = target_split(x, check_fraction, seed)
     ann = _first_tensor(snn.analog(x_fit[:1], "relu"))
     if ann.ndim != 2:
-        raise ConfigError("ssc_max_loss counts changed classes: it needs a classifier ([batch, classes] "
+        raise field_error("ssc_max_loss", "ssc_max_loss counts changed classes: it needs a classifier ([batch, classes] "
                           "output); use ssc_tau for other outputs")
     original = threshold_state(snn)
     base_fit, sops_fit = _predicted(snn, x_fit, timesteps)

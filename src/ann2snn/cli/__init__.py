@@ -2,6 +2,7 @@
 
     ann2snn convert --model vgg_digits --data digits --out snn.pt
     ann2snn evaluate snn.pt --data digits [--json] [--report DIR]
+    ann2snn compare adafire.pt if.pt --max-samples 1000 [--json] [--report DIR]
     ann2snn inspect vgg_digits
     ann2snn zoo
     ann2snn report snn.pt --data digits --out DIR
@@ -25,18 +26,28 @@ import sys
 from .. import __version__
 from .. import distributed as D
 from ..errors import ConversionError, UnsupportedOperationError
-from . import convert, evaluate, export, inspect, report, zoo
+from . import compare, convert, evaluate, export, inspect, report, zoo
 from .common import Parser, UsageError, one_line
 
 __all__ = ["build_parser", "main"]
 
-SUBCOMMANDS = (convert, evaluate, inspect, zoo, report, export)
+SUBCOMMANDS = (convert, evaluate, compare, inspect, zoo, report, export)
+
+
+def version_line() -> str:
+    """``ann2snn 0.1.0 (torch 2.13.0+cpu, Python 3.12.3)``."""
+    import platform
+
+    import torch
+
+    return f"ann2snn {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="ann2snn", description="Convert pretrained PyTorch ReLU networks into spiking "
                     "neural networks without training, and evaluate them.")
-    parser.add_argument("--version", action="version", version=f"ann2snn {__version__}")
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print ann2snn's version (and torch's) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in SUBCOMMANDS:
         module.add_parser(sub)

@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 import os
 import sys
+import textwrap
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +107,12 @@ def config_fields() -> list[tuple[str, Any]]:
     return [(f.name, hints[f.name]) for f in dataclasses.fields(ConversionConfig) if f.name not in _SKIP]
 
 
-def _parser_for(tp: Any):
+def _parser_for(name: str, tp: Any):
     args = typing.get_args(tp)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), tp) if args else tp
+    page = config_module.FIELD_PAGE.get(name)
+    see = f" (see {page})" if page else ""
     if base is bool:
         def parse(text: str) -> bool | None:
             low = text.lower()
@@ -118,7 +122,7 @@ def _parser_for(tp: Any):
                 return True
             if low in ("0", "false", "no", "off"):
                 return False
-            raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}{see}")
         return parse, "BOOL"
     simple = base if base in (int, float, str) else str
 
@@ -128,29 +132,52 @@ def _parser_for(tp: Any):
         try:
             return simple(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {simple.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {simple.__name__}, got {text!r}{see}") from None
     return parse_simple, {int: "N", float: "X", str: "NAME"}[simple]
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per ConversionConfig field (``--burst-cap`` for ``burst_cap``); default None = unset."""
-    group = parser.add_argument_group("conversion config (also settable in --config FILE; flags win)")
+def group_description(group: config_module.FieldGroup, width: int = 92) -> str | None:
+    """``how thresholds are calibrated; see docs/methods/thresholds.md``: the help text of a flag group
+    (wrapped: the commands print their descriptions as written)."""
+    pages = [p for p in group.pages if p]
+    see = "see " + ", ".join(pages) if pages else ""
+    text = "; ".join(part for part in (group.summary, see) if part)
+    return textwrap.fill(text, width, break_on_hyphens=False) if text else None
+
+
+def add_config_flags(parser: argparse.ArgumentParser, other: str | None = None,
+                     own: Callable[[argparse._ArgumentGroup], None] | None = None) -> argparse._ArgumentGroup:
+    """One ``--flag`` per ConversionConfig field (``--burst-cap`` for ``burst_cap``; default None =
+    unset), in the argument groups of :data:`ann2snn.config.CONFIG_GROUPS` (thresholds, neurons,
+    corrections, SSC, IAT, output and other), plus ``--config FILE``. The last group, "output and
+    other" (described by ``other``), starts with the flags that ``own`` adds to it; it is returned."""
     defaults = ConversionConfig()
     docs = _field_docs()
-    for name, tp in config_fields():
-        text = docs.get(name, f"ConversionConfig.{name}")
-        if tp is bool:  # --iat / --no-iat
-            group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", default=None,
-                               action=argparse.BooleanOptionalAction,
-                               help=f"{text} (default: {getattr(defaults, name)})")
-            continue
-        parse, metavar = _parser_for(tp)
-        choices = _choices_for(name)
-        if choices:
-            metavar = "{" + ",".join(choices) + "}"
-        group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", type=parse, default=None,
-                           metavar=metavar, help=f"{text} (default: {getattr(defaults, name)})")
-    group.add_argument("--config", metavar="FILE", help="a .toml (or .yaml, with PyYAML) file of config fields")
+    flagged = dict(config_fields())
+    group = parser
+    for key, spec in config_module.CONFIG_GROUPS.items():
+        description = other if key == "other" else group_description(spec)
+        group = parser.add_argument_group(spec.title, description)
+        if key == "other" and own is not None:
+            own(group)
+        for name in spec.fields:
+            if name not in flagged:
+                continue
+            text = docs.get(name, f"ConversionConfig.{name}")
+            if flagged[name] is bool:  # --iat / --no-iat
+                group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", default=None,
+                                   action=argparse.BooleanOptionalAction,
+                                   help=f"{text} (default: {getattr(defaults, name)})")
+                continue
+            parse, metavar = _parser_for(name, flagged[name])
+            choices = _choices_for(name)
+            if choices:
+                metavar = "{" + ",".join(choices) + "}"
+            group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", type=parse, default=None,
+                               metavar=metavar, help=f"{text} (default: {getattr(defaults, name)})")
+    group.add_argument("--config", metavar="FILE", help="a .toml (or .yaml, with PyYAML) file of config fields "
+                       "(any of the flags above, named as in ConversionConfig); flags win")
+    return group
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -217,6 +244,21 @@ TRUST_HELP = ("allow MODEL to be a pickled nn.Module file, and --weights to hold
               "(unpickling runs code from the file)")
 
 
+MODEL_GROUP = ("model and weights", "the network to convert and its checkpoint; how it is captured: see docs/capture.md")
+
+
+def add_model_options(parser: argparse.ArgumentParser, positional: bool = False) -> argparse._ArgumentGroup:
+    """MODEL (``--model`` or positional), ``--weights``, ``--trust-pickle`` in a group (returned, for more)."""
+    group = parser.add_argument_group(*MODEL_GROUP)
+    if positional:
+        group.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    else:
+        group.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
+    group.add_argument("--weights", metavar="CKPT", help=WEIGHTS_HELP)
+    group.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
+    return group
+
+
 def print_notes(loaded) -> None:
     """What loading the model did beyond the obvious (adapted checkpoint, random weights): stderr, one line each."""
     from .. import distributed as D
@@ -228,17 +270,21 @@ def print_notes(loaded) -> None:
 
 
 
-def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def add_data_options(parser: argparse.ArgumentParser, required: bool = True,
+                     description: str | None = None) -> argparse._ArgumentGroup:
+    """``--data``, ``--mean``, ``--std``, ``--batch-size`` in a "data" group (returned, for more)."""
     note = "" if required else " (default: the data the model was converted with)"
-    parser.add_argument("--data", required=required, metavar="DATA",
+    group = parser.add_argument_group("data", description)
+    group.add_argument("--data", required=required, metavar="DATA",
                         help="digits | mnist | fashion-mnist | a .npz with x/y | a folder of images per class" + note)
-    parser.add_argument("--mean", type=float_list, default=None,
+    group.add_argument("--mean", type=float_list, default=None,
                         help="normalise .npz / folder data: mean (one value or per channel, comma-separated)")
-    parser.add_argument("--std", type=float_list, default=None, help="normalise .npz / folder data: std")
-    parser.add_argument("--batch-size", type=positive_int, default=128, metavar="B", help="batch size (default: 128)")
+    group.add_argument("--std", type=float_list, default=None, help="normalise .npz / folder data: std")
+    group.add_argument("--batch-size", type=positive_int, default=128, metavar="B", help="batch size (default: 128)")
+    return group
 
 
-def add_quiet(parser: argparse.ArgumentParser) -> None:
+def add_quiet(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bars (they only show on a terminal anyway)")
 

@@ -15,12 +15,10 @@ from ..data import subset
 from ..loading import LoadError, bundled_input_shape, check_data_fits, load_data, load_model
 from ..serialize import save
 from .common import (
-    MODEL_HELP,
-    TRUST_HELP,
-    WEIGHTS_HELP,
     UsageError,
     add_config_flags,
     add_data_options,
+    add_model_options,
     add_quiet,
     build_config,
     check_writable_file,
@@ -42,17 +40,19 @@ EPILOG = """examples:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("convert", help=HELP, description=HELP, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
-    p.add_argument("--weights", metavar="CKPT", help=WEIGHTS_HELP)
-    p.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
-    add_data_options(p)
-    p.add_argument("--calib-samples", type=positive_int, default=1024, metavar="N",
-                   help="calibration samples drawn from the training split (default: 1024)")
-    p.add_argument("--out", default="snn.pt", metavar="FILE", help="where to save the spiking model (default: snn.pt)")
-    add_quiet(p)
-    add_config_flags(p)
+    add_model_options(p)
+    data = add_data_options(p, description="calibration data: a random subset of the training split")
+    data.add_argument("--calib-samples", type=positive_int, default=1024, metavar="N",
+                      help="calibration samples drawn from the training split (default: 1024)")
+    add_config_flags(p, other="the saved model is read by `ann2snn evaluate`, `compare` and `export`\n"
+                     "(other formats: see docs/export.md)", own=_output_options)
     p.set_defaults(run=run)
     return p
+
+
+def _output_options(group) -> None:
+    group.add_argument("--out", default="snn.pt", metavar="FILE", help="where to save the spiking model (default: snn.pt)")
+    add_quiet(group)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,67 +39,108 @@ EPILOG = """examples:
 """
 
 
+def add_run_options(p: argparse.ArgumentParser, timesteps_help: str) -> None:
+    """The test data, simulation and energy options of ``evaluate``, ``report`` and ``compare``, in groups."""
+    data = add_data_options(p, required=False, description="the test split; the model file records the data it "
+                            "was converted with")
+    data.add_argument("--max-samples", type=positive_int, default=None, metavar="N",
+                      help="evaluate on a fixed random subset of N test samples")
+    sim = p.add_argument_group("simulation and energy", "how steps run and what the estimate counts: see "
+                               "docs/simulation.md")
+    sim.add_argument("--timesteps", "-T", type=int, default=None, metavar="T", help=timesteps_help)
+    sim.add_argument("--energy", default="45nm", metavar="{" + ",".join(ENERGY_PRESETS) + "}",
+                     help="energy model for the estimate (default: 45nm)")
+    sim.add_argument("--prefix-macs", choices=("step", "once"), default="step",
+                     help="charge the MACs of the layers before the first neuron (the same input every step "
+                          "under direct coding) every step (default) or once per sample")
+
+
+def add_output_group(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """An "output" group holding ``-q``, for each command's own output flags."""
+    output = p.add_argument_group("output")
+    add_quiet(output)
+    return output
+
+
 def add_eval_options(p: argparse.ArgumentParser) -> None:
+    """SNN and :func:`add_run_options`."""
     p.add_argument("snn", metavar="SNN", help="a spiking model saved by `ann2snn convert`, a .nir file or a portable "
                    "folder from `ann2snn export`")
-    add_data_options(p, required=False)
-    p.add_argument("--timesteps", "-T", type=int, default=None, metavar="T",
-                   help="simulate T steps (default: the model's timesteps); accuracy is shown at 1, 2, 4, ..., T")
-    p.add_argument("--energy", default="45nm", metavar="{" + ",".join(ENERGY_PRESETS) + "}",
-                   help="energy model for the estimate (default: 45nm)")
-    p.add_argument("--prefix-macs", choices=("step", "once"), default="step",
-                   help="charge the MACs of the layers before the first neuron (the same input every step "
-                        "under direct coding) every step (default) or once per sample")
-    p.add_argument("--max-samples", type=positive_int, default=None, metavar="N",
-                   help="evaluate on a fixed random subset of N test samples")
-    add_quiet(p)
+    add_run_options(p, "simulate T steps (default: the model's timesteps); accuracy is shown at 1, 2, 4, ..., T")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("evaluate", help=HELP, description=HELP, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_eval_options(p)
-    p.add_argument("--task", choices=TASKS, default=None,
-                   help="what the output is and so the metric: classification (accuracy), segmentation (mIoU), "
-                        "detection (mAP@0.5, CenterNet outputs), events (accuracy with one event frame per step "
-                        "and on the mean frame); default: the zoo model's task, recorded at conversion")
-    p.add_argument("--json", action="store_true", help="print only JSON (the same as EvalResult.to_dict())")
-    p.add_argument("--report", metavar="DIR", help="also write plots and a report page into DIR")
+    task = p.add_argument_group("task", "what the output is: see docs/methods/dense.md, docs/methods/events.md")
+    task.add_argument("--task", choices=TASKS, default=None,
+                      help="what the output is and so the metric: classification (accuracy), segmentation (mIoU), "
+                           "detection (mAP@0.5, CenterNet outputs), events (accuracy with one event frame per step "
+                           "and on the mean frame); default: the zoo model's task, recorded at conversion")
+    output = add_output_group(p)
+    output.add_argument("--json", action="store_true", help="print only JSON (the same as EvalResult.to_dict())")
+    output.add_argument("--report", metavar="DIR", help="also write plots and a report page into DIR")
     p.set_defaults(run=run)
     return p
 
 
-def evaluate_from_args(args: argparse.Namespace, report_dir: str | None) -> tuple[SpikingModel, EvalResult, Any]:
-    """Shared by ``evaluate`` and ``report``: validate, load, evaluate."""
+def check_run_options(args: argparse.Namespace) -> None:
+    """The checks of :func:`add_run_options`'s values that come before anything is loaded."""
     if args.timesteps is not None and args.timesteps <= 0:
         raise UsageError(f"--timesteps must be a positive integer, got {args.timesteps}")
     if args.energy not in ENERGY_PRESETS:
         raise UsageError(f"unknown energy model {args.energy!r}; choose one of: {', '.join(ENERGY_PRESETS)}")
     if (args.mean is None) != (args.std is None):
         raise UsageError("give both --mean and --std, or neither")
+
+
+@dataclass(frozen=True)
+class DataChoice:
+    """The test data for a spiking model: ``--data`` / ``--mean`` / ``--std``, else what it records."""
+
+    name: str
+    mean: Any
+    std: Any
+    shape: tuple | None
+
+    @classmethod
+    def of(cls, snn: SpikingModel, path: str, args: argparse.Namespace) -> DataChoice:
+        source = snn.info.get("source") or {}
+        name = args.data or source.get("data")
+        if not name:
+            raise UsageError(f"{path} does not record its dataset: give --data")
+        mean, std = args.mean, args.std
+        if mean is None and args.data is None and source.get("normalisation"):
+            mean, std = source["normalisation"].get("mean"), source["normalisation"].get("std")
+        return cls(name, mean, std, tuple(snn.info.get("example_shape") or ()) or None)
+
+    def load_test(self, args: argparse.Namespace, snn: SpikingModel) -> tuple[Any, int]:
+        """(the test split, or its ``--max-samples`` subset, checked to fit ``snn``; its full size)."""
+        test = load_data(self.name, "test", input_shape=self.shape, mean=self.mean, std=self.std)
+        full = len(test)
+        if args.max_samples is not None:
+            test = subset(test, args.max_samples, seed=0)
+        check_fits(snn, test, self.name, self.shape)
+        return test, full
+
+
+def evaluate_from_args(args: argparse.Namespace, report_dir: str | None) -> tuple[SpikingModel, EvalResult, Any]:
+    """Shared by ``evaluate`` and ``report``: validate, load, evaluate."""
+    check_run_options(args)
     out_dir = check_output_dir(report_dir) if report_dir else None
     snn = load_snn(args.snn)
     source = snn.info.get("source") or {}
-    data_name = args.data or source.get("data")
-    if not data_name:
-        raise UsageError(f"{args.snn} does not record its dataset: give --data")
-    mean, std = args.mean, args.std
-    if mean is None and args.data is None and source.get("normalisation"):
-        mean, std = source["normalisation"].get("mean"), source["normalisation"].get("std")
-    shape = tuple(snn.info.get("example_shape") or ()) or None
+    data = DataChoice.of(snn, args.snn, args)
     task = getattr(args, "task", None) or source.get("task") or "classification"
     if task != "classification":
         if report_dir:
             raise UsageError(f"report pages cover classification only; use `ann2snn evaluate --task {task}`")
-        return snn, _evaluate_task(args, snn, task, data_name, mean, std, shape), None
-    test = load_data(data_name, "test", input_shape=shape, mean=mean, std=std)
-    full = len(test)
-    if args.max_samples is not None:
-        test = subset(test, args.max_samples, seed=0)
-    _check_fits(snn, test, data_name, shape)
+        return snn, _evaluate_task(args, snn, task, data.name, data.mean, data.std, data.shape), None
+    test, full = data.load_test(args, snn)
     result = evaluate_classifier(snn, test, args.timesteps, energy=args.energy, progress=progress_flag(args),
                                  batch_size=args.batch_size, prefix_macs=getattr(args, "prefix_macs", "step"))
-    result.meta.update({"snn": str(args.snn), "data": data_name, "split": "test", "of_samples": full,
+    result.meta.update({"snn": str(args.snn), "data": data.name, "split": "test", "of_samples": full,
                         "model": source.get("model"), "calibration_checks": checked_choices(snn.info)})
     return snn, result, out_dir
 
@@ -151,7 +193,7 @@ def _evaluate_task(args, snn: SpikingModel, task: str, data_name: str, mean, std
     return result
 
 
-def _check_fits(snn: SpikingModel, data, data_name: str, shape: tuple | None) -> None:
+def check_fits(snn: SpikingModel, data, data_name: str, shape: tuple | None) -> None:
     x, y = data.tensors[0], data.tensors[1]
     if shape is not None and tuple(x.shape[1:]) != shape:
         raise LoadError(f"data {data_name!r} has input shape {tuple(x.shape[1:])} but the spiking model was "

@@ -22,17 +22,15 @@ from ..errors import ConfigError, UnsupportedOperationError
 from ..loading import load_model
 from ..passes.patterns import classify
 from ..tracing import trace
-from .common import MODEL_HELP, TRUST_HELP, WEIGHTS_HELP, add_config_flags, build_config, print_notes
+from .common import add_config_flags, add_model_options, build_config, print_notes
 
 HELP = "show the traced graph and what each node becomes; list what cannot convert"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("inspect", help=HELP, description=HELP + " (exit status 1 if anything cannot).")
-    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    p.add_argument("--weights", metavar="CKPT", help=WEIGHTS_HELP)
-    p.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
-    p.add_argument("--input-shape", metavar="C,H,W", help="the shape of one input sample, to capture the model "
+    model = add_model_options(p, positional=True)
+    model.add_argument("--input-shape", metavar="C,H,W", help="the shape of one input sample, to capture the model "
                    "with torch.export as convert does (default: the bundled model's; without one, torch.fx "
                    "symbolic tracing)")
     add_config_flags(p)

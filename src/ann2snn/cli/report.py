@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .evaluate import add_eval_options, describe, evaluate_from_args
+from .evaluate import add_eval_options, add_output_group, describe, evaluate_from_args
 
 HELP = "evaluate a spiking model and write PNG plots and a report page (report.md, report.html)"
 EPILOG = """example:
@@ -16,8 +16,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("report", help=HELP, description=HELP, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_eval_options(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the plots and the page (created)")
-    p.add_argument("--no-html", action="store_true", help="write report.md only")
+    output = add_output_group(p)
+    output.add_argument("--out", required=True, metavar="DIR", help="folder for the plots and the page (created)")
+    output.add_argument("--no-html", action="store_true", help="write report.md only")
     p.set_defaults(run=run)
     return p
 
