@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean data hed reach reach-venv census
+.PHONY: setup demo test lint docs docs-serve bench clean data hed reach reach-venv census
 
 setup: $(BIN)/.installed
 
@@ -50,11 +50,21 @@ demo: setup
 	$(BIN)/ann2snn evaluate $(DEMO_DIR)/snn.pt --max-samples $(DEMO_SAMPLES) --report $(DEMO_DIR)/report
 
 test: setup
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples scripts
 	$(BIN)/python -m pytest tests
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples scripts
+
+# The documentation site (MkDocs + Material + mkdocstrings): site/ ; --strict fails on a broken link,
+# a missing page or an API reference that does not resolve. `make docs-serve` previews it.
+docs: setup
+	$(BIN)/python scripts/make_cli_page.py --check
+	$(BIN)/python benchmarks/make_tables.py --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # The reach benchmark (outside CI): every timm architecture and torchvision classification /
 # segmentation / video model, random weights, converted and checked for convergence. Its own venv:
