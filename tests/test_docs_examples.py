@@ -3,8 +3,8 @@
 - ```python blocks run page by page, in order, in one namespace per page, in a temporary folder.
   The namespace starts with the names the examples assume: ``model`` (the bundled pretrained digits
   VGG), ``calibration_loader`` and ``test_loader`` (128 digits images each, batches of 64), and a batch
-  ``x`` of 16 test images with labels ``y``. A block whose first line is ``# requires: PKG`` is skipped
-  (with that reason) when PKG is not installed.
+  ``x`` of 16 test images with labels ``y``. A block whose first line is ``# requires: PKG`` is not
+  run when PKG is not installed (a warning names it).
 - ```bash blocks: every ``ann2snn ...`` command (also ``python -m ann2snn``, ``torchrun ... -m ann2snn``)
   is parsed by the real command-line parser, so a renamed flag or a bad choice fails here. They are not
   run: they name files and data of the reader's own.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import shlex
+import warnings
 from pathlib import Path
 
 import pytest
@@ -76,8 +77,9 @@ def test_python_blocks_run(page, prelude, tmp_path, monkeypatch):
         except Exception as exc:  # name the page and block in the failure
             raise AssertionError(f"{page.relative_to(ROOT)}, python block {i + 1} failed: "
                                  f"{type(exc).__name__}: {exc}\n---\n{code}") from exc
-    if skipped:
-        pytest.skip(f"blocks needing {', '.join(sorted(set(skipped)))} (not installed) were skipped")
+    if skipped:  # the other blocks of the page ran; say which did not
+        warnings.warn(f"{page.relative_to(ROOT)}: {len(skipped)} block(s) need {', '.join(sorted(set(skipped)))}, "
+                      "not installed: not run", stacklevel=1)
 
 
 def _commands(code: str) -> list[list[str]]:
