@@ -65,3 +65,15 @@ def test_site_builds_strict(tmp_path):
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "site" / "api" / "index.html").is_file()
+
+
+def test_each_config_field_is_documented_on_its_page():
+    # the page a config error points to holds the field's row in a fields table
+    import dataclasses
+
+    from ann2snn.config import FIELD_PAGE, ConversionConfig
+
+    for f in dataclasses.fields(ConversionConfig):
+        page = FIELD_PAGE.get(f.name)
+        assert page, f"config field {f.name} has no docs page"
+        assert re.search(rf"^\|\s*`{f.name}`\s*\|", (ROOT / page).read_text(), re.M), f"{page} has no row for {f.name}"

@@ -53,10 +53,11 @@ CONFIG_GROUPS: dict[str, FieldGroup] = {
         "docs/methods/adafire.md": ("neuron", "burst_cap", "burst_initial", "burst_min", "burst_budget",
                                     "burst_alloc", "burst_cost", "sensitivity_metric"),
         "docs/methods/events.md": ("signed", "step_cap"),
-        "docs/simulation.md": ("timesteps", "encoding", "v0", "v0_mode", "t0", "spike_linear"),
+        "docs/methods/neurons.md": ("timesteps", "encoding", "v0", "v0_mode", "t0", "spike_linear"),
     }),
     "corrections": FieldGroup("corrections", "bias / membrane-potential corrections after calibration", {
-        "docs/methods/corrections.md": ("correction", "correction_target", "adapt_samples"),
+        "docs/methods/corrections.md": ("correction", "correction_target"),
+        "docs/methods/thresholds.md": ("adapt_samples",),
     }),
     "ssc": FieldGroup("spike compression (SSC)", "scale thresholds up to cut spikes and SOPs", {
         "docs/methods/ssc.md": ("ssc_tau", "ssc_max_loss", "ssc_cost", "ssc_grid"),
@@ -64,7 +65,7 @@ CONFIG_GROUPS: dict[str, FieldGroup] = {
     "iat": FieldGroup("adaptive timesteps (IAT)", "let each sample stop once its output is confident", {
         "docs/methods/iat.md": ("iat", "iat_a", "iat_b", "iat_confidence", "iat_tolerance"),
     }),
-    "other": FieldGroup("output and other", "", {None: ("seed", "progress", "extra")}),
+    "other": FieldGroup("output and other", "", {"docs/methods/thresholds.md": ("seed", "progress", "extra")}),
 }
 
 FIELD_GROUP: dict[str, str] = {name: key for key, group in CONFIG_GROUPS.items() for name in group.fields}

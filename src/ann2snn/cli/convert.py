@@ -45,7 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     data.add_argument("--calib-samples", type=positive_int, default=1024, metavar="N",
                       help="calibration samples drawn from the training split (default: 1024)")
     add_config_flags(p, other="the saved model is read by `ann2snn evaluate`, `compare` and `export`\n"
-                     "(other formats: see docs/export.md)", own=_output_options)
+                     "(other formats: see docs/export.md); --seed: see docs/methods/thresholds.md", own=_output_options)
     p.set_defaults(run=run)
     return p
 
