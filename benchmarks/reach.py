@@ -292,7 +292,7 @@ def render() -> None:
             rows.append((f"{fam}, torch.export capture", fams[-1][1]))
         before = RESULTS / f"reach_{fam}_fx.json"  # the same benchmark with torch.fx symbolic tracing
         if before.exists():
-            rows.append((f"{fam}, torch.fx symbolic tracing (before)", json.loads(before.read_text())))
+            rows.append((f"{fam}, torch.fx symbolic tracing (the fallback front end)", json.loads(before.read_text())))
     lines += ["| family, capture | run | ReLU family | converges | broken (ReLU) | other | refused right | "
               "broken (other) | skipped |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for fam, data in rows:
