@@ -106,7 +106,7 @@ def config_summary(snn: SpikingModel) -> dict[str, Any]:
         ssc = {"tau": cfg.ssc_tau}
     words = [neuron_words(cfg), threshold_words(snn)]
     if cfg.correction != "none":
-        words.append(f"{cfg.correction} corr.")
+        words.append(cfg.correction)  # light, advanced or both
     if ssc is not None:
         words.append("SSC")
     if snn.info.get("iat"):
