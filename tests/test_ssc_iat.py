@@ -167,6 +167,18 @@ def test_iat_exits_early_keeps_order_and_matches_plain_run_at_exit(digits):
     assert acc >= full - 0.05
 
 
+def test_iat_follows_the_configs_delayed_evaluation(digits):
+    # a model converted with t0 = 3 averages from step 4 on in run() and in run_iat() alike
+    model, xtr, _, xte, _ = digits
+    snn = ann2snn.convert(model, xtr[:256], threshold="mse", timesteps=16, t0=3)
+    never = IATSchedule(a=2.0, b=0.0, mean_entropy=[0.0] * 16)
+    res = run_iat(snn, xte, 16, never)
+    assert torch.equal(res.output, snn.run(xte, 16))
+    assert not torch.equal(res.output, run_iat(snn, xte, 16, never, t0=0).output)
+    always = IATSchedule(a=-1.0, b=0.0, mean_entropy=[0.0] * 16)
+    assert torch.all(run_iat(snn, xte, 16, always).exit_steps == 4)  # no exit before t0 + 1
+
+
 def test_iat_exited_samples_stop_costing(digits):
     model, xtr, _, xte, _ = digits
     snn = ann2snn.convert(model, xtr[:256], threshold="mse", timesteps=16)

@@ -254,7 +254,7 @@ class Stream:
     """
 
     def __init__(self, snn: SpikingModel, x: Tensor, timesteps: int | None = None,
-                 schedule: IATSchedule | None = None, t0: int = 0):
+                 schedule: IATSchedule | None = None, t0: int | None = None):
         if schedule is None:
             stored = snn.info.get("iat")
             if not stored:
@@ -263,6 +263,8 @@ class Stream:
         self.snn, self.schedule = snn, schedule
         self.timesteps = timesteps or snn.config.timesteps
         self.x = x.to(snn.device)
+        if t0 is None:  # the config's delay, where the run is longer than it (as SpikingModel.run)
+            t0 = snn.config.t0 if snn.config.t0 < self.timesteps else 0
         self.t0 = t0
         b = x.shape[0]
         self.active = torch.arange(b, device=self.x.device)
@@ -311,8 +313,11 @@ class Stream:
 
 @torch.no_grad()
 def run_iat(snn: SpikingModel, x: Tensor, timesteps: int | None = None, schedule: IATSchedule | None = None,
-            t0: int = 0) -> IATResult:
-    """Simulate with per-sample early exit; outputs come back in input order with each exit step."""
+            t0: int | None = None) -> IATResult:
+    """Simulate with per-sample early exit; outputs come back in input order with each exit step.
+
+    The output is averaged over steps ``t >= t0`` (default: the config's ``t0``, as in
+    ``SpikingModel.run``), and no sample exits before step ``t0 + 1``."""
     stream = Stream(snn, x, timesteps, schedule, t0)
     for _ in stream:
         pass
