@@ -224,6 +224,9 @@ class IncrementalRunner:
                versions: dict[fx.Node, int]):
         store = [n for n in order if n in self.keep and n not in self.too_big] if commit else []
         fresh: dict[fx.Node, list[Any]] = {n: [] for n in store}
+        for node in store:  # values this run replaces: not read by it (it computes them), freed now
+            if node in self.kept:
+                self.kept[node] = ([], None)
         last_use: dict[fx.Node, int] = {}
         for i, node in enumerate(order):
             for a in node.all_input_nodes:

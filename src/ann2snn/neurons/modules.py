@@ -219,11 +219,12 @@ class SpikingNeuron(StatefulModule):
         if self.cap == 1:
             spikes = v >= theta  # bool: counted as 0/1 spikes
         else:
-            # v >= theta > 0 gives v / theta >= 1 (a correctly rounded quotient never falls below 1), so the
-            # spikes are floor(v / theta) capped, where the comparison (not the quotient, which may round
-            # up to 1 for v just below theta) says the neuron fires: NF.burst_step's values, in fewer passes
-            silent = torch.ge(v, theta).logical_not_()
-            spikes = torch.div(v, theta).floor_().clamp_(max=float(self.cap)).masked_fill_(silent, 0.0)
+            # NF.burst_step's values in fewer passes: v >= theta > 0 gives v / theta >= 1 (a correctly
+            # rounded quotient never falls below 1), so the spikes are floor(v / theta) within [0, cap]
+            # (finite: a NaN quotient counts 0) where the comparison, not the quotient (which may round up
+            # to 1 for v just below theta), says the neuron fires, and 0 elsewhere
+            spikes = torch.div(v, theta).floor_().clamp_(0.0, float(self.cap)).nan_to_num_(0.0)
+            spikes.mul_(v >= theta)
         if self.signed:
             spikes = self._signed(v, theta, spikes)
         if spikes.dtype == torch.bool:

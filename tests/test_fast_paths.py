@@ -1,4 +1,5 @@
-"""The incremental runner and the calibration steps built on it give exactly what full runs give."""
+"""Fast paths of conversion give exactly what the straightforward computations give: the incremental
+runner and the calibration steps built on it, the MSE threshold search, max-pooling, spike totals."""
 
 import copy
 
@@ -221,3 +222,23 @@ def test_stage_times_are_recorded(digits_x):
     times = snn.info["stage_times"]
     assert list(times) == ["prepare", "calibrate", "thresholds", "sensitivity", "correction", "ssc"]
     assert all(isinstance(v, float) and v >= 0 for v in times.values())
+
+
+@pytest.mark.parametrize("cap,steps,v0", [(1, 4, 0.5), (4, 4, 0.5), (2, 7, 0.3)])
+def test_mse_search_equals_the_quantize_loop(cap, steps, v0):
+    from ann2snn.calibration.observers import MSE_STEPS, ThresholdObserver
+    from ann2snn.neurons.functional import quantize
+
+    obs = ThresholdObserver("l", "mse", timesteps=steps, burst_cap=cap, v0=v0, sample_size=500)
+    g = torch.Generator().manual_seed(cap + steps)
+    for _ in range(3):
+        obs(torch.randn(64, 6, 3, 3, generator=g) * torch.rand(6, 1, 1, generator=g) * 3)
+    obs.sample, obs.sample_keys = obs.sample[torch.argsort(obs.sample_keys)], None
+    values = obs.sample.clamp(min=0.0)
+    best_err, best = torch.full_like(obs.max, float("inf")), obs.max.clone()
+    for i in range(MSE_STEPS):  # the search written out with the quantisation function
+        lam = obs.max * (1.0 - 0.01 * i)
+        err = (quantize(values, (lam / cap).clamp(min=1e-12), steps, v0, cap) - values).pow(2).mean(dim=0)
+        better = err < best_err
+        best_err, best = torch.where(better, err, best_err), torch.where(better, lam, best)
+    assert torch.equal(obs._mse_search(), best)
