@@ -220,11 +220,10 @@ class SpikingNeuron(StatefulModule):
             spikes = v >= theta  # bool: counted as 0/1 spikes
         else:
             # NF.burst_step's values in fewer passes: v >= theta > 0 gives v / theta >= 1 (a correctly
-            # rounded quotient never falls below 1), so the spikes are floor(v / theta) within [0, cap]
-            # (finite: a NaN quotient counts 0) where the comparison, not the quotient (which may round up
-            # to 1 for v just below theta), says the neuron fires, and 0 elsewhere
-            spikes = torch.div(v, theta).floor_().clamp_(0.0, float(self.cap)).nan_to_num_(0.0)
-            spikes.mul_(v >= theta)
+            # rounded quotient never falls below 1), so the spikes are floor(v / theta) capped where the
+            # comparison, not the quotient (which may round up to 1 for v just below theta), says the
+            # neuron fires, and 0 elsewhere (a select: a product with the bool map would convert it first)
+            spikes = torch.where(v >= theta, torch.div(v, theta).floor_().clamp_(max=float(self.cap)), 0.0)
         if self.signed:
             spikes = self._signed(v, theta, spikes)
         if spikes.dtype == torch.bool:
