@@ -640,6 +640,39 @@ def simulation(pg: Page) -> None:
     pg.lines += table(["set-up", "calibration (s)", "evaluation (s)", "total (s)"], rows)
     pg.sources("distributed")
 
+    if (RESULTS / "convert_time.json").exists():
+        conversion_time(pg)
+
+
+STAGES = ("prepare", "calibrate", "thresholds", "sensitivity", "correction", "ssc", "iat")
+CONVERT_LABELS = {"adafire": "AdaFire + MSE + advanced, T = 4, SSC tau = 2", "if_ltb": "IF + LTB, T = 32"}
+
+
+def conversion_time(pg: Page) -> None:
+    pg.h3("Conversion time")
+    d = pg.load("convert_time")
+    st = d["settings"]
+    stages = [s for s in STAGES if any(s in r["stage_times"] for r in d["rows"])]
+    rows = []
+    for r in d["rows"]:
+        how = "incremental" if r["incremental"] else "full runs"
+        same = {True: "yes", False: "no"}.get(r.get("same_as_incremental"), "")
+        rows.append([f"`{r['model']}`", CONVERT_LABELS.get(r["config"], r["config"]), how, f"{r['seconds']:.1f}",
+                     *(f"{r['stage_times'][s]:.1f}" if s in r["stage_times"] else "—" for s in stages),
+                     pct(r["accuracy"]), same])
+    threads = re.search(r"(\d+) threads", d["provenance"]["machine"])
+    pg.text(f"`ann2snn.convert` on {st['calib_samples']} training images (batches of {st['batch_size']}, "
+            f"{st['adapt_samples']} of them for the steps that simulate the spiking network), each stage's wall time "
+            f"from `snn.info[\"stage_times\"]` in seconds, {threads.group(1) if threads else '?'} threads. *Incremental*: "
+            "the calibration steps that simulate the network again and again (burst sensitivity, SSC, correction) "
+            "re-run only the part downstream of the layer each run changes (`ann2snn.adaptation.incremental`); "
+            "*full runs*: the whole network every time, in the same process. *Same*: the two chose bit-identical "
+            f"thresholds, caps, corrections and SSC scales, and predict the same on {st['test_samples']} test images "
+            "(accuracy on them beside).")
+    pg.lines += table(["model", "conversion", "calibration steps", "total (s)", *stages, "accuracy (%)", "same"],
+                      grouped(rows), "lllr" + "r" * len(stages) + "rl")
+    pg.sources("convert_time")
+
 
 # ----------------------------------------------------------------------------------- deployment
 
@@ -805,6 +838,10 @@ def measured(name: str, d: dict) -> str:
     if name == "distributed":
         c = d["config"]
         return f"`{c['model']}`: time of calibration and evaluation, {', '.join(d['median_seconds'])}"
+    if name == "convert_time":
+        ms = ", ".join(f"`{m}`" for m in dict.fromkeys(r["model"] for r in d["rows"]))
+        cfgs = ", ".join(dict.fromkeys(r["config"] for r in d["rows"]))
+        return f"{ms}: conversion time by stage ({cfgs}), incremental calibration steps against full runs"
     if name == "fused_neuron":
         return f"compiled against eager neuron update, `{list(d['shape'])}` layer, {', '.join(d['neurons'])}"
     if name == "dense":

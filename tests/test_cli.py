@@ -72,6 +72,17 @@ def test_convert_saves_snn_with_its_source(snn_file, weights):
     assert len(snn.neurons()) == 6
 
 
+def test_convert_prints_each_stages_time_on_one_line(capsys, weights, tmp_path):
+    code, out, err = run(capsys, "convert", *weights, "--data", "digits", "--out", str(tmp_path / "snn.pt"), *FAST,
+                         "--neuron", "adafire", "--timesteps", "2", "--correction", "light", "--adapt-samples", "32")
+    assert code == 0, err
+    lines = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("stages:")]
+    assert len(lines) == 1, out
+    stages = [part.split()[0] for part in lines[0].removeprefix("stages: ").split(", ")]
+    assert stages == ["prepare", "calibrate", "thresholds", "sensitivity", "correction"]
+    assert set(stages) == set(ann2snn.load(tmp_path / "snn.pt").info["stage_times"])
+
+
 def test_evaluate_prints_table(capsys, snn_file):
     code, out, err = run(capsys, "evaluate", str(snn_file), "--max-samples", "120", "-q")
     assert code == 0, err

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,6 +47,7 @@ def prepare(model: nn.Module, config: ConversionConfig | dict | None = None, *, 
     Raises :class:`~ann2snn.errors.UnsupportedOperationError` listing every node that cannot convert.
     """
     cfg = resolve_config(config, **overrides)
+    start = time.perf_counter()
     if example_input is not None:
         from .capture import capture
 
@@ -63,7 +65,8 @@ def prepare(model: nn.Module, config: ConversionConfig | dict | None = None, *, 
     if cfg.spike_linear:
         stats["bipolar_neurons"] = insert_bipolar_observers(gm, cfg)
     stats["nodes_final"] = _count(gm)
-    gm.meta[META_KEY] = {"config": cfg, "passes": stats, "calibrated": False}
+    gm.meta[META_KEY] = {"config": cfg, "passes": stats, "calibrated": False,
+                         "stage_times": {"prepare": round(time.perf_counter() - start, 3)}}
     return gm
 
 
@@ -196,6 +199,7 @@ def calibrate(prepared: fx.GraphModule, data: Any, *, progress_bar: bool | None 
     if meta is None:
         raise ConversionError("calibrate() needs a graph returned by ann2snn.prepare()")
     cfg: ConversionConfig = meta["config"]
+    start = time.perf_counter()
     obs = observers(prepared)
     device = device_of(prepared)
     cached: list[Tensor] = []
@@ -240,6 +244,7 @@ def calibrate(prepared: fx.GraphModule, data: Any, *, progress_bar: bool | None 
     meta["calibration"] = {"batches": len(cached), "iterations": steps, "samples": sum(sizes)}
     meta["example_shape"] = tuple(cached[0].shape[1:])
     meta["adapt_sample"] = _leading_samples(cached, sizes, ghosts, cfg.adapt_samples)
+    meta.setdefault("stage_times", {})["calibrate"] = round(time.perf_counter() - start, 3)
     return prepared
 
 
@@ -270,6 +275,7 @@ def to_snn(prepared: fx.GraphModule, caps: dict[str, int] | None = None, *, with
     if meta is None or not meta.get("calibrated"):
         raise ConversionError("to_snn() needs a prepared graph that has been calibrated (ann2snn.calibrate)")
     cfg: ConversionConfig = meta["config"]
+    start = time.perf_counter()
     caps = caps or {}
     graph = copy.deepcopy(prepared.graph)
     modules: dict[str, nn.Module] = {}
@@ -311,10 +317,12 @@ def to_snn(prepared: fx.GraphModule, caps: dict[str, int] | None = None, *, with
     gm = fx.GraphModule(modules, graph, class_name="SpikingGraph")
     gm.eval()
     info = {"passes": dict(meta["passes"]), "calibration": dict(meta.get("calibration", {})),
-            "layers": layers, "example_shape": list(meta.get("example_shape", ()))}
+            "layers": layers, "example_shape": list(meta.get("example_shape", ())),
+            "stage_times": dict(meta.get("stage_times", {}))}
     snn = SpikingModel(gm, cfg, info)
     if candidates and "adapt_sample" in meta:  # the thresholds made for this T, checked on the spiking model
         choose_thresholds(snn, meta["adapt_sample"], candidates)
+    snn.info["stage_times"]["thresholds"] = round(time.perf_counter() - start, 3)
     if with_adapt and not caps and "adapt_sample" in meta:
         adapt(snn, meta["adapt_sample"], progress_bar=progress_bar)
     return snn

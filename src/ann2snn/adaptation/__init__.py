@@ -8,6 +8,10 @@ The thresholds these steps start from are set earlier, on the ANN graph, by the 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from torch import Tensor
 
 from .. import distributed as D
@@ -39,23 +43,40 @@ def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> 
                                    f"processes: raise adapt_samples (and give at least that many calibration samples)")
         x = D.local_slice(x)  # every rank has the same samples: each simulates its share
     x = x.to(snn.device)
+    times = snn.info.setdefault("stage_times", {})
     if cfg.neuron == "adafire" and cfg.burst_alloc == "sensitivity":
-        table = burst.sensitivity_table(snn, x, cfg.timesteps, list(range(cfg.burst_min, cfg.burst_initial + 1)),
-                                        cfg.burst_initial, cfg.burst_cap, cfg.sensitivity_metric, progress_bar)
-        snn.info["sensitivity"] = table.to_dict()
-        caps = burst.allocate_caps(table, cfg.burst_budget, cfg.burst_min, cost=cfg.burst_cost)
-        burst.apply_caps(snn, caps)
-        snn.info["caps"] = caps
+        with stage_timer(times, "sensitivity"):
+            table = burst.sensitivity_table(snn, x, cfg.timesteps, list(range(cfg.burst_min, cfg.burst_initial + 1)),
+                                            cfg.burst_initial, cfg.burst_cap, cfg.sensitivity_metric, progress_bar)
+            snn.info["sensitivity"] = table.to_dict()
+            caps = burst.allocate_caps(table, cfg.burst_budget, cfg.burst_min, cost=cfg.burst_cost)
+            burst.apply_caps(snn, caps)
+            snn.info["caps"] = caps
     if cfg.correction != "none":
-        snn.info["correction"] = correction.correct(snn, x, cfg.timesteps, cfg.correction, cfg.correction_target,
-                                                    progress_bar)
+        with stage_timer(times, "correction"):
+            snn.info["correction"] = correction.correct(snn, x, cfg.timesteps, cfg.correction,
+                                                        cfg.correction_target, progress_bar)
     if cfg.ssc_tau > 0:
-        compress(snn, x, cfg.ssc_tau, cfg.timesteps, GRIDS[cfg.ssc_grid], metric=cfg.sensitivity_metric,
-                 progress=progress_bar, cost=cfg.ssc_cost)
+        with stage_timer(times, "ssc"):
+            compress(snn, x, cfg.ssc_tau, cfg.timesteps, GRIDS[cfg.ssc_grid], metric=cfg.sensitivity_metric,
+                     progress=progress_bar, cost=cfg.ssc_cost)
     elif cfg.ssc_max_loss is not None:
-        compress_to_target(snn, x, cfg.ssc_max_loss, cfg.timesteps, GRIDS[cfg.ssc_grid],
-                           metric=cfg.sensitivity_metric, progress=progress_bar, cost=cfg.ssc_cost, seed=cfg.seed)
+        with stage_timer(times, "ssc"):
+            compress_to_target(snn, x, cfg.ssc_max_loss, cfg.timesteps, GRIDS[cfg.ssc_grid],
+                               metric=cfg.sensitivity_metric, progress=progress_bar, cost=cfg.ssc_cost,
+                               seed=cfg.seed)
     if cfg.iat:
-        calibrate_iat(snn, x.split(64), cfg.timesteps, cfg.iat_a, cfg.iat_b, cfg.iat_confidence,
-                      tolerance=cfg.iat_tolerance, seed=cfg.seed)
+        with stage_timer(times, "iat"):
+            calibrate_iat(snn, x.split(64), cfg.timesteps, cfg.iat_a, cfg.iat_b, cfg.iat_confidence,
+                          tolerance=cfg.iat_tolerance, seed=cfg.seed)
     return snn
+
+
+@contextmanager
+def stage_timer(times: dict[str, float], stage: str) -> Iterator[None]:
+    """Record the wall time of the block in ``times[stage]`` (seconds)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[stage] = round(time.perf_counter() - start, 3)

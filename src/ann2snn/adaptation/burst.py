@@ -19,6 +19,8 @@ from torch import Tensor
 
 from .. import distributed as D
 from ..model import SpikingModel
+from . import incremental
+from .incremental import IncrementalRunner
 
 
 def divergence_sum(snn_out: Tensor, ann_out: Tensor, metric: str) -> tuple[float, int]:
@@ -68,7 +70,7 @@ class _SpikeTally:
 
     def __call__(self, snn: SpikingModel) -> None:
         for name, mod in self.neurons.items():
-            self.totals[name] += float(mod.spike_events().sum(dtype=torch.float64))  # exact past 2**24
+            self.totals[name] += mod.spike_total()  # exact past 2**24
 
 
 def priced_run(snn: SpikingModel, x: Tensor, timesteps: int
@@ -98,6 +100,19 @@ def simulate_with_tally(snn: SpikingModel, x: Tensor, timesteps: int) -> tuple[A
     finally:
         snn.step_hooks.remove(tally)
     return out, tally.totals
+
+
+def runner_tally(runner: IncrementalRunner, name: str, commit: bool = True) -> tuple[Any, float]:
+    """An incremental run: its output and layer ``name``'s spikes, summed as :func:`simulate_with_tally`
+    sums them."""
+    neuron = runner.neurons[runner.neuron_node(name)]
+    total = [0.0]
+
+    def count(_t: int) -> None:
+        total[0] += neuron.spike_total()
+
+    out = runner.run(evaluate=[name], commit=commit, on_step=count)
+    return out, total[0]
 
 
 @dataclass
@@ -149,14 +164,20 @@ def sensitivity_table(
         _, base, caused, window, _ = priced_run(snn, x, timesteps)  # the baseline also prices spikes
         jobs = [(name, m) for name in neurons for m in caps]
         div_sums, div_counts, job_spikes = [], [], []
+        # each job changes one layer's cap: only the part of the network downstream of it runs again
+        runner = IncrementalRunner(snn, x, timesteps) if incremental.applies(snn, x) else None
         for name, m in bar(jobs, len(jobs), "burst sensitivity", progress):
             for other, n in neurons.items():
                 n.set_cap(m if other == name else initial_cap)
-            out, tally = simulate_with_tally(snn, x, timesteps)
+            if runner is None:
+                out, tally = simulate_with_tally(snn, x, timesteps)
+                spikes = tally[name]
+            else:
+                out, spikes = runner_tally(runner, name)
             total, count = divergence_sum(_first_tensor(out), ann, metric)
             div_sums.append(total)
             div_counts.append(count)
-            job_spikes.append(tally[name])
+            job_spikes.append(spikes)
     finally:
         for name, n in neurons.items():
             n.set_cap(saved[name])

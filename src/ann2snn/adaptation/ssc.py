@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .. import distributed as D
 from ..model import SpikingModel
+from . import incremental
 from .burst import (
     _first_tensor,
     divergence_sum,
@@ -30,9 +31,11 @@ from .burst import (
     prices,
     reduce_means,
     resolve_metric,
+    runner_tally,
     simulate_with_tally,
     solve_budgeted,
 )
+from .incremental import IncrementalRunner
 
 PAPER_SCALES = tuple(1.0 + 0.5 * i for i in range(19))  # 1.0, 1.5, ..., 10.0
 # finer where choices are made (most layers end at 1.25-2), coarser where they are not
@@ -74,12 +77,21 @@ def ssc_table(snn: SpikingModel, x: Tensor, timesteps: int, scales: Sequence[flo
     base_sum, base_count = divergence_sum(_first_tensor(out), ann, metric)
     div_sums, div_counts, job_spikes = [], [], []
     jobs = [(name, r) for name in neurons for r in scales]
+    # each job scales one layer: only the part of the network downstream of it runs again, on the
+    # values the unscaled network computes (kept by a first run)
+    runner = IncrementalRunner(snn, x, timesteps) if incremental.applies(snn, x) else None
+    if runner is not None:
+        runner.run()
     for name, r in bar(jobs, len(jobs), "spike compression", progress):
         neuron = neurons[name]
         original = neuron.threshold.clone(), neuron.v0_offset.clone()
         apply_scales(snn, {name: r})  # the table measures what is applied
         try:
-            out, tally = simulate_with_tally(snn, x, timesteps)
+            if runner is None:
+                out, tally = simulate_with_tally(snn, x, timesteps)
+            else:
+                out, spikes = runner_tally(runner, name, commit=False)
+                tally = {name: spikes}
         finally:
             neuron.threshold.copy_(original[0])
             neuron.v0_offset.copy_(original[1])
@@ -188,17 +200,23 @@ def measure(snn: SpikingModel, x: Tensor, timesteps: int, metric: str, ann: Tens
             spikes: bool = False) -> dict[str, float]:
     """The output divergence from the ANN and the SOPs per sample of ``snn`` as it is, on ``x`` (and,
     with ``spikes``, the spikes per sample)."""
+    return _measure_output(snn, x, timesteps, metric, ann, spikes)[0]
+
+
+def _measure_output(snn: SpikingModel, x: Tensor, timesteps: int, metric: str, ann: Tensor | None = None,
+                    spikes: bool = False) -> tuple[dict[str, float], Tensor]:
+    """:func:`measure`, and the output of the run it made."""
     from ..energy import SynapticCounter
 
     if ann is None:
         ann = _first_tensor(snn.analog(x, "relu"))
     with SynapticCounter(snn) as counter:
-        out = snn.run(x, timesteps)
+        out = _first_tensor(snn.run(x, timesteps))
         report = counter.report()
     values = [report.sops * x.shape[0]] + ([report.spikes * x.shape[0]] if spikes else [])
-    total, count = divergence_sum(_first_tensor(out), ann, metric)
+    total, count = divergence_sum(out, ann, metric)
     reduced = reduce_means([total, *values], [count] + [x.shape[0]] * len(values))
-    return dict(zip(["divergence", "sops", "spikes"], reduced, strict=False))
+    return dict(zip(["divergence", "sops", "spikes"], reduced, strict=False)), out
 
 
 def apply_corrected(snn: SpikingModel, chosen: dict[str, float], x: Tensor, timesteps: int,
@@ -369,8 +387,9 @@ def compress_to_target(snn: SpikingModel, x: Tensor, max_loss: float, timesteps:
                 continue
             restore_thresholds(snn, original)
             apply_corrected(snn, chosen, x_fit, timesteps, correction)
-            measured = measure(snn, x_fit, timesteps, table.metric, spikes=key == "spikes")
-            pred, _ = _predicted(snn, x_fit, timesteps)
+            # one run gives the divergence, the cost and the predictions
+            measured, out = _measure_output(snn, x_fit, timesteps, table.metric, spikes=key == "spikes")
+            pred = out.flatten(1).argmax(1)
             changed = int(D.sum_floats([float((pred != base_fit).sum())])[0])
             tries[signature] = {"tau": tau, "scales": chosen, **measured, "fit_changed": changed,
                                 "check_changed": None, "kept": False}

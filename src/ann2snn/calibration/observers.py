@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from .. import distributed as D
-from ..neurons import functional as NF
 from ..neurons.modules import broadcast_channel
 
 MSE_STEPS = 95  # lambda = max * (1 - 0.01 i), i = 0..94 [Calib]
@@ -220,12 +219,16 @@ class ThresholdObserver(nn.Module):
         values = self.sample.clamp(min=0.0)
         best_err = torch.full_like(self.max, float("inf"))
         best = self.max.clone()
-        m = self.burst_cap
+        m, steps = self.burst_cap, self.timesteps
+        scaled = values * steps  # the first op of neurons.functional.quantize, the same for every candidate
+        work = torch.empty_like(values)
         for i in range(MSE_STEPS):
             lam = self.max * (1.0 - 0.01 * i)
             theta = (lam / m).clamp(min=1e-12)
-            q = NF.quantize(values, theta, self.timesteps, self.v0, m)
-            err = (q - values).pow(2).mean(dim=0)
+            # (quantize(values, theta, T, v0, m) - values) ** 2: its ops in its order, in place
+            torch.div(scaled, theta, out=work)
+            work.add_(self.v0).floor_().clamp_(0.0, float(m * steps)).mul_(theta).div_(steps)
+            err = work.sub_(values).pow_(2).mean(dim=0)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best = torch.where(better, lam, best)

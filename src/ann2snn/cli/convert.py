@@ -100,5 +100,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  graph: {passes.get('nodes_traced', '?')} nodes traced -> {passes.get('nodes_final', '?')}; "
               f"BN folded {passes.get('bn_folded', 0)}, BN kept as affine {passes.get('bn_affine', 0)}, "
               f"dropout/identity removed {passes.get('removed', 0)}, max-pools moved {passes.get('maxpool_moved', 0)}")
+    stages = snn.info.get("stage_times")
+    if stages:
+        print("  stages: " + ", ".join(f"{name} {secs:.1f} s" for name, secs in stages.items()))
     print(f"  next: ann2snn evaluate {out} --data {args.data}")
     return 0

@@ -219,8 +219,11 @@ class SpikingNeuron(StatefulModule):
         if self.cap == 1:
             spikes = v >= theta  # bool: counted as 0/1 spikes
         else:
-            spikes = torch.floor(v / theta).clamp_(0.0, float(self.cap))
-            spikes = torch.where(v >= theta, spikes.clamp_(min=1.0), torch.zeros_like(spikes))
+            # NF.burst_step's values in fewer passes: v >= theta > 0 gives v / theta >= 1 (a correctly
+            # rounded quotient never falls below 1), so the spikes are floor(v / theta) capped where the
+            # comparison, not the quotient (which may round up to 1 for v just below theta), says the
+            # neuron fires, and 0 elsewhere (a select: a product with the bool map would convert it first)
+            spikes = torch.where(v >= theta, torch.div(v, theta).floor_().clamp_(max=float(self.cap)), 0.0)
         if self.signed:
             spikes = self._signed(v, theta, spikes)
         if spikes.dtype == torch.bool:
@@ -253,6 +256,17 @@ class SpikingNeuron(StatefulModule):
     def spike_events(self) -> Tensor:
         """This step's spikes as events: a negative spike (signed, bipolar) is an event too."""
         return self.last_spikes.abs() if self.signed else self.last_spikes
+
+    def spike_total(self) -> float:
+        """This step's spike events summed over the layer and the batch: an exact count (the float64
+        sum of :meth:`spike_events`, computed in fewer passes)."""
+        events = self.spike_events()
+        if events.dtype == torch.bool:
+            return float(torch.count_nonzero(events))
+        if events.ndim > 1 and events.shape[0] * self.cap < 2**24:
+            # whole counts of at most ``cap``: float32 sums over the batch stay exact below 2**24
+            return float(events.sum(0).sum(dtype=torch.float64))
+        return float(events.sum(dtype=torch.float64))
 
     def _signed(self, v: Tensor, theta: Tensor, spikes: Tensor) -> Tensor:
         """Add negative spikes where ``v < 0``: ``ceil(-v / theta)``, at most ``cap`` and the net count."""
@@ -293,6 +307,41 @@ class SpikingNeuron(StatefulModule):
         return torch.where(live, out, torch.zeros_like(out))
 
 
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _tiles(pool: nn.Module, x: Tensor) -> tuple[int, int] | None:
+    """``(kh, kw)`` when ``pool`` is a 2-D max-pool over non-overlapping windows that
+    :func:`_tiled_max` computes for ``x`` (a 4-D float tensor on the CPU), else None."""
+    if type(pool) is not nn.MaxPool2d or pool.return_indices or x.ndim != 4 or x.device.type != "cpu":
+        return None
+    if not x.is_floating_point():
+        return None
+    kernel, stride = _pair(pool.kernel_size), _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+    if kernel != stride or _pair(pool.padding) != (0, 0) or _pair(pool.dilation) != (1, 1):
+        return None
+    if pool.ceil_mode and (x.shape[2] % kernel[0] or x.shape[3] % kernel[1]):
+        return None
+    if x.shape[2] < kernel[0] or x.shape[3] < kernel[1]:
+        return None
+    return kernel
+
+
+def _tiled_max(x: Tensor, kh: int, kw: int) -> Tensor:
+    """Max-pooling over non-overlapping ``kh x kw`` windows as the elementwise maximum of the windows'
+    ``kh * kw`` strided slices: the values of ``nn.MaxPool2d`` (a maximum is exact), several times
+    faster than its CPU kernel on NCHW tensors."""
+    oh, ow = x.shape[2] // kh, x.shape[3] // kw
+    parts = [x[:, :, i:i + oh * kh:kh, j:j + ow * kw:kw] for i in range(kh) for j in range(kw)]
+    if len(parts) == 1:
+        return parts[0].contiguous()
+    out = torch.maximum(parts[0], parts[1])
+    for part in parts[2:]:
+        torch.maximum(out, part, out=out)
+    return out
+
+
 class RunningMaxPool(StatefulModule):
     """Max-pooling that is exact for rate codes (ALGORITHMS.md §6).
 
@@ -321,7 +370,8 @@ class RunningMaxPool(StatefulModule):
 
     def _apply_pool(self, x: Tensor, args: tuple, kwargs: dict) -> Tensor:
         if self.pool is not None:
-            return self.pool(x)
+            tiles = _tiles(self.pool, x)
+            return _tiled_max(x, *tiles) if tiles else self.pool(x)
         return self._function(x, *args, **kwargs)
 
     def reset(self) -> None:
