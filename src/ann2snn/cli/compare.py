@@ -181,11 +181,11 @@ def table_rows(comparison: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["model", "config", "T", "accuracy", f"{_delta_sign()} vs ANN", "SOPs/sample", "energy vs ANN", "time"]
     ann = comparison["ann"]
     rows = [["ANN", comparison.get("model") or "the recorded ANN", "-", f"{ann['accuracy'] * 100:.2f} %", "-", "-",
-             "-", f"{ann['seconds']:.2f} s"]]
+             "-", f"{ann['seconds']:.1f} s"]]
     for r in comparison["snns"]:
         rows.append([r["name"], r["config"]["summary"], str(r["timesteps"]), f"{r['accuracy'] * 100:.2f} %",
                      f"{r['delta_points']:+.2f}", f"{r['sops']:,.0f}", saving_words(r["saving"]),
-                     f"{r['seconds']:.2f} s"])
+                     f"{r['seconds']:.1f} s"])
     return header, rows
 
 
