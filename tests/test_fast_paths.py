@@ -242,3 +242,35 @@ def test_mse_search_equals_the_quantize_loop(cap, steps, v0):
         better = err < best_err
         best_err, best = torch.where(better, err, best_err), torch.where(better, lam, best)
     assert torch.equal(obs._mse_search(), best)
+
+
+@pytest.mark.parametrize("cap", [1, 3, 8])
+def test_neuron_update_equals_the_select_formula(cap):
+    """Spikes, output and membrane as the select formula gives them, with a silent channel (threshold
+    0), inputs just below the threshold, infinities and NaN."""
+    from ann2snn.neurons.modules import SpikingNeuron
+
+    g = torch.Generator().manual_seed(cap)
+    theta = torch.rand(6, generator=g) + 0.2
+    theta[0] = 0.0
+    neuron = SpikingNeuron(theta.clone(), cap=cap)
+    th = torch.where(theta > 0, theta, torch.full_like(theta, 1e30)).reshape(1, 6, 1, 1)
+    v = None
+    for step in range(5):
+        x = torch.randn(16, 6, 3, 3, generator=g) * 2
+        x[0, 1, 0, 0] = float("nan") if step == 2 else float("inf") if step == 3 else -float("inf")
+        x[1, 2] = th[0, 2] * 0.99999994 - (0 if v is None else v[1, 2])  # the membrane just below theta
+        out = neuron(x)
+        v = torch.zeros_like(x) + 0.5 * th if v is None else v
+        v = v + x
+        if cap == 1:
+            spikes = v >= th
+            ref_out = torch.where(spikes, th, 0.0)
+        else:
+            q = torch.floor(v / th).clamp(0.0, float(cap))
+            spikes = torch.where(v >= th, q.clamp(min=1.0), torch.zeros_like(q))
+            ref_out = spikes * th
+        v = v - ref_out
+        assert torch.equal(neuron.last_spikes, spikes) and torch.equal(out, ref_out)
+        assert torch.equal(neuron.v.nan_to_num(7.0), v.nan_to_num(7.0))
+        assert not torch.signbit(out[out == 0]).any()  # zeros are +0, as the select gives them

@@ -106,13 +106,14 @@ class IncrementalRunner:
         # values that are the same at every step and in every run: the input, constants and the static
         # prefix (computed once, as SpikingModel.run computes it once per run)
         self.fixed: dict[fx.Node, Any] = {}
-        for node in self.nodes:
-            if node.op == "placeholder":
-                self.fixed[node] = x
-            elif node.op == "get_attr" or node in const:
-                self.fixed[node] = _get_attr(gm, node.target)
-            elif node in static:
-                self.fixed[node] = self._call(node, self.fixed.__getitem__)
+        with torch.no_grad():
+            for node in self.nodes:
+                if node.op == "placeholder":
+                    self.fixed[node] = x
+                elif node in const:
+                    self.fixed[node] = _get_attr(gm, node.target)
+                elif node in static:
+                    self.fixed[node] = self._call(node, self.fixed.__getitem__)
         self.neurons = {n: self.modules[n.target] for n in self.nodes
                         if n.op == "call_module" and isinstance(self.modules[n.target], SpikingNeuron)}
         self.by_name = {m.name: n for n, m in self.neurons.items()}
@@ -125,7 +126,9 @@ class IncrementalRunner:
             upstream[node] = ups | {node} if node in self.neurons else ups
         self.upstream = {n: tuple(sorted(u, key=self.index.__getitem__)) for n, u in upstream.items()}
         self.keep = self._boundary()
-        self.kept: dict[fx.Node, tuple[list[Any], tuple[int, ...]]] = {}  # values per step, versions
+        # per node: its values at each step and the versions of the layers upstream they were computed with
+        # (None: being replaced)
+        self.kept: dict[fx.Node, tuple[list[Any], tuple[int, ...] | None]] = {}
         self.kept_bytes = 0
         self.too_big: set[fx.Node] = set()
         self.versions: dict[fx.Node, list[tuple]] = {n: [] for n in self.neurons}

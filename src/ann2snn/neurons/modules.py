@@ -216,20 +216,25 @@ class SpikingNeuron(StatefulModule):
         # The same dynamics as NF.burst_step, fused and in place on the state this module owns:
         # the charge a spike removes is exactly the output it sends on.
         v = self.v.add_(x)
+        fired = None
         if self.cap == 1:
             spikes = v >= theta  # bool: counted as 0/1 spikes
         else:
-            # NF.burst_step's values in fewer passes: v >= theta > 0 gives v / theta >= 1 (a correctly
-            # rounded quotient never falls below 1), so the spikes are floor(v / theta) capped where the
-            # comparison, not the quotient (which may round up to 1 for v just below theta), says the
-            # neuron fires, and 0 elsewhere (a select: a product with the bool map would convert it first)
-            spikes = torch.where(v >= theta, torch.div(v, theta).floor_().clamp_(max=float(self.cap)), 0.0)
+            # NF.burst_step's values in fewer passes (on the CPU a select with torch.where costs more than
+            # the in-place passes below): v >= theta > 0 gives v / theta >= 1 (a correctly rounded quotient
+            # never falls below 1), so where the comparison (not the quotient, which may round up to 1 for
+            # v just below theta) says the neuron fires the spikes are floor(v / theta) capped; elsewhere
+            # 0, as the finite quotient (NaN counted 0) times 0, plus 0 to make a -0 a +0
+            fired = torch.ge(v, theta, out=torch.empty_like(v))  # 1.0 where it fires, else 0.0
+            spikes = torch.div(v, theta).floor_().clamp_(0.0, float(self.cap)).nan_to_num_(0.0)
+            spikes.mul_(fired).add_(0.0)
         if self.signed:
             spikes = self._signed(v, theta, spikes)
         if spikes.dtype == torch.bool:
-            # a select, not bool * float: the same values (theta or +0) at less than half the time
-            # (the product promotes the bool map to float first, an extra pass over memory)
-            out = torch.where(spikes, theta, 0.0)
+            # theta where it fires, +0 elsewhere: the map as floats times the thresholds, in place
+            out = spikes.to(v.dtype).mul_(theta)
+        elif fired is not None and not self.signed:
+            out = torch.mul(spikes, theta, out=fired)  # the comparison's memory, no longer needed
         else:
             out = spikes * theta
         v.sub_(out)
