@@ -300,9 +300,9 @@ def test_the_documented_reader_runs_the_portable_format_without_ann2snn(digits, 
     code = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "def run(x, T)" in b)
     snn = converted("mlp_digits", digits)
     folder = save_portable(snn, tmp_path / "p")
-    scope: dict = {}
-    exec(code.replace("DIR/", f"{folder}/"), scope)  # noqa: S102 - our own documentation
     x = digits[1]
+    scope: dict = {"x": x, "snn": snn}  # the page's own check at its end runs too
+    exec(code.replace("DIR/", f"{folder}/"), scope)  # noqa: S102 - our own documentation
     assert torch.allclose(scope["run"](x, T), snn.run(x, T), atol=1e-5)
 
 

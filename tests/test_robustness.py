@@ -44,6 +44,8 @@ def test_same_seed_same_data_gives_identical_snn_and_report():
     b, rb = _convert_and_report(model, x[:150], x[1500:1580], y[1500:1580])
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    for snn in (a, b):  # wall times of the conversion stages, like the report's seconds
+        assert {"prepare", "calibrate", "thresholds", "sensitivity"} <= set(snn.info.pop("stage_times"))
     assert a.info == b.info
     assert content_digest(to_payload(a)) == content_digest(to_payload(b))
     assert json.dumps(ra, sort_keys=True) == json.dumps(rb, sort_keys=True)
