@@ -19,6 +19,7 @@ kernels (convolutions may pick another algorithm for a larger batch).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,14 +234,19 @@ class BatchedRunner:
         return _Folded(value, "folded")
 
     def _apply(self, node: fx.Node, lookup) -> Any:
-        args = fx.node.map_arg(node.args, lookup)
-        kwargs = fx.node.map_arg(node.kwargs, lookup)
-        if node.op == "call_module":
-            return self.modules[node.target](*args, **kwargs)
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        obj, *rest = args
-        return getattr(obj, node.target)(*rest, **kwargs)
+        return call_node(self.modules, node, lookup)
+
+
+def call_node(modules: dict, node: fx.Node, lookup: Callable[[fx.Node], Any]) -> Any:
+    """Run one call node of a graph, its inputs read through ``lookup``."""
+    args = fx.node.map_arg(node.args, lookup)
+    kwargs = fx.node.map_arg(node.kwargs, lookup)
+    if node.op == "call_module":
+        return modules[node.target](*args, **kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)
+    obj, *rest = args
+    return getattr(obj, node.target)(*rest, **kwargs)
 
 
 def _value(folded: _Folded, steps: int) -> Any:

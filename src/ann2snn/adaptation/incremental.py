@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, fx
 
 from ..neurons.modules import SpikingNeuron, StatefulModule
-from ..simulation import _draws_random, _get_attr, _static
+from ..simulation import _draws_random, _get_attr, _static, call_node
 
 #: the calibration steps use :class:`IncrementalRunner` where it applies (False: a full run every time)
 ENABLED = True
@@ -173,14 +173,7 @@ class IncrementalRunner:
 
     # -- running ---------------------------------------------------------------------------------
     def _call(self, node: fx.Node, lookup: Callable[[fx.Node], Any]) -> Any:
-        args = fx.node.map_arg(node.args, lookup)
-        kwargs = fx.node.map_arg(node.kwargs, lookup)
-        if node.op == "call_module":
-            return self.modules[node.target](*args, **kwargs)
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        obj, *rest = args
-        return getattr(obj, node.target)(*rest, **kwargs)
+        return call_node(self.modules, node, lookup)
 
     @torch.no_grad()
     def run(self, evaluate: Sequence[str] = (), output: bool = True, commit: bool = True,
