@@ -26,6 +26,7 @@ from .simulation import (
     BatchedRunner,
     NotBatchable,
     StaticPlan,
+    accumulate_steps,
     chunk_steps,
     plan_key,
     plan_static_prefix,
@@ -210,15 +211,9 @@ class SpikingModel(nn.Module):
                 outputs = itertools.chain([first], batched)
         if outputs is None:
             outputs = self._run_steps(x, timesteps, encoding, sequence, generator, static)
-        total = None
+        total, count = None, 0
         history = [] if return_all else None
-        count = 0
-        for t, out in enumerate(outputs):
-            if total is None or t == t0:
-                total, count = out, 1
-            else:
-                total = tree_map(torch.add, total, out)
-                count += 1
+        for total, count in accumulate_steps(outputs, t0):
             if return_all:
                 history.append(tree_map(lambda s, c=count: s / c, total))
         self.reset()

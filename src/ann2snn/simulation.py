@@ -19,7 +19,7 @@ kernels (convolutions may pick another algorithm for a larger batch).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,6 +268,19 @@ PEAK_FACTOR = 3
 def chunk_steps(per_step_bytes: int, timesteps: int, budget_bytes: int) -> int:
     """How many steps fit in one chunk: the budget over what one step keeps alive at its peak."""
     return max(1, min(timesteps, budget_bytes // max(1, PEAK_FACTOR * per_step_bytes)))
+
+
+def accumulate_steps(outputs: Iterable[Any], t0: int) -> Iterator[tuple[Any, int]]:
+    """After each step, the sum of the outputs of steps ``t >= t0`` and their count: the one order in
+    which every run sums its steps (bit-identical averages between the simulator and its shortcuts)."""
+    total, count = None, 0
+    for t, out in enumerate(outputs):
+        if total is None or t == t0:
+            total, count = out, 1
+        else:
+            total = tree_map(torch.add, total, out)
+            count += 1
+        yield total, count
 
 
 def _nbytes(value: Any) -> int:

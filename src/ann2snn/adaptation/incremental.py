@@ -21,14 +21,16 @@ straightforward computation the tests pin it to).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, fx
+from torch.utils._pytree import tree_map
 
 from ..neurons.modules import SpikingNeuron, StatefulModule
-from ..simulation import _draws_random, _get_attr, _static, call_node
+from ..simulation import _draws_random, _get_attr, _nbytes, _static, accumulate_steps, call_node
 
 #: the calibration steps use :class:`IncrementalRunner` where it applies (False: a full run every time)
 ENABLED = True
@@ -65,21 +67,6 @@ def _signature(m: SpikingNeuron) -> tuple:
 
 def _same(a: tuple, b: tuple) -> bool:
     return all(torch.equal(u, v) if isinstance(u, Tensor) else u == v for u, v in zip(a, b, strict=True))
-
-
-def average_steps(outputs: Iterable[Any], t0: int) -> Any:
-    """The mean of per-step outputs over the steps ``t >= t0``, summed in the order
-    :meth:`SpikingModel.run` sums them."""
-    from torch.utils._pytree import tree_map
-
-    total, count = None, 0
-    for t, out in enumerate(outputs):
-        if total is None or t == t0:
-            total, count = out, 1
-        else:
-            total = tree_map(torch.add, total, out)
-            count += 1
-    return tree_map(lambda s: s / count, total)
 
 
 class IncrementalRunner:
@@ -207,7 +194,8 @@ class IncrementalRunner:
         order = sorted(need, key=self.index.__getitem__)
         outputs = self._steps(order, output, commit, on_step, versions)
         if output:
-            result = average_steps(outputs, self.t0)
+            ((total, count),) = deque(accumulate_steps(outputs, self.t0), maxlen=1)  # the last step's sum
+            result = tree_map(lambda v: v / count, total)
         else:
             for _ in outputs:
                 pass
@@ -265,13 +253,3 @@ class IncrementalRunner:
                         self.kept_bytes += size
         for node, values in fresh.items():
             self.kept[node] = (values, tuple(versions[u] for u in self.upstream[node]))
-
-
-def _nbytes(value: Any) -> int:
-    if isinstance(value, Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    return 0
