@@ -19,12 +19,14 @@ RELU_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU)
 # module class names (lower case, any module whose class name contains one of these) that are not
 # ReLU family; the exported graph's ops catch what is called as a function
 NON_RELU_NAMES = ("silu", "swish", "gelu", "sigmoid", "hardswish", "tanh", "softmax", "mish", "elu",
-                  "softplus", "softsign", "glu", "logsigmoid", "celu", "selu", "tanhshrink", "multiheadattention")
+                  "softplus", "softsign", "glu", "logsigmoid", "celu", "selu", "tanhshrink", "multiheadattention",
+                  "groupnorm", "layernorm", "instancenorm")
 # ATen op packet names of nonlinear activations outside the ReLU family
 ACTIVATION_OPS = {"silu", "silu_", "gelu", "gelu_", "sigmoid", "sigmoid_", "hardswish", "hardswish_",
                   "hardsigmoid", "hardsigmoid_", "tanh", "tanh_", "softmax", "_softmax", "log_softmax",
                   "_log_softmax", "mish", "mish_", "elu", "elu_", "selu", "selu_", "celu", "celu_",
-                  "softplus", "glu", "log_sigmoid", "erf", "erf_", "scaled_dot_product_attention", "softsign"}
+                  "softplus", "glu", "log_sigmoid", "erf", "erf_", "scaled_dot_product_attention", "softsign",
+                  "group_norm", "native_group_norm", "layer_norm", "native_layer_norm", "instance_norm"}
 
 IMAGE_SIZES = (64, 96, 128, 160, 224, 256, 299)
 VIDEO_SHAPES = ((8, 64, 64), (16, 112, 112), (16, 224, 224))

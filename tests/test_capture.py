@@ -249,3 +249,57 @@ def test_padding_that_copies_entries_converts(mode):
     assert e256 < 0.05 and e256 < e16 / 2, (e16, e256)
     _, report = measure(snn, x, 4)
     assert next(r for r in report.layers if r.name == "2").sops > 0  # padded spikes are still spikes
+
+
+class SamePadMaxPool(nn.Module):
+    """TensorFlow-style "same" max-pooling as timm's MaxPool2dSame writes it: pad with -inf, pool."""
+
+    def __init__(self, kernel, stride):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x):
+        pads = []
+        for size in reversed(x.shape[-2:]):
+            total = max((-(-size // self.stride) - 1) * self.stride + self.kernel - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.max_pool2d(F.pad(x, pads, value=-float("inf")), self.kernel, self.stride)
+
+
+class SamePoolNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.pool1, self.pool2 = SamePadMaxPool(3, 2), SamePadMaxPool(3, 1)
+        self.conv2, self.head = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.pool1(self.bn(self.conv1(x))))  # pooling signed values: -inf is not 0 here
+        y = self.pool2(torch.relu(self.conv2(y)))
+        return self.head(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("size", [8, 9])  # even: padding on one side only; odd: on both
+def test_minus_inf_padding_before_max_pooling_is_taken_over_by_the_pool(size):
+    torch.manual_seed(5)
+    model = randomize_bn(SamePoolNet()).eval()
+    x = torch.randn(16, 3, size, size)
+    (e16, e256), snn = _relative_errors(model, x)
+    assert e256 < 0.05 and e256 < e16 / 2, (e16, e256)
+    with torch.no_grad():
+        assert torch.allclose(snn.analog(x, "relu"), model(x), atol=1e-5)
+    names = [str(n.target) for n in snn.graph_module.graph.nodes]
+    assert not any("pad" in t for t in names), names
+
+
+def test_minus_inf_padding_without_a_pool_is_still_refused():
+    class PadOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return torch.relu(F.pad(self.conv(x), [1, 1, 1, 1], value=-float("inf"))).flatten(1)
+
+    with pytest.raises(UnsupportedOperationError, match="value=-inf"):
+        ann2snn.convert(PadOnly().eval(), torch.randn(4, 3, 8, 8), threshold="max")

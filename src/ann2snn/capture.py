@@ -506,14 +506,75 @@ def _pool_dims(name: str) -> int:
     return 3 if "3d" in name else 1 if "1d" in name else 2
 
 
-@_op(aten.max_pool1d, aten.max_pool2d, aten.max_pool3d)
-def _max_pool(L: _Lifter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+_MAXPOOL_OPS = {aten.max_pool1d.default, aten.max_pool2d.default, aten.max_pool3d.default,
+                aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default}
+
+
+def _pool_params(node: fx.Node) -> tuple[int, tuple, tuple, tuple, tuple, bool]:
+    """(dims, kernel, stride, padding, dilation, ceil_mode) of an ATen max-pool node."""
+    args, kwargs = node.args, node.kwargs
     n = _pool_dims(str(node.target))
     k = _tuple(args[1], n)
-    stride = _arg(args, kwargs, 2, "stride", []) or k
-    mod = _MAXPOOL[n](k, _tuple(stride, n), _tuple(_arg(args, kwargs, 3, "padding", 0), n),
-                      _tuple(_arg(args, kwargs, 4, "dilation", 1), n), ceil_mode=bool(_arg(args, kwargs, 5, "ceil_mode", False)))
-    return L.module(mod, args[0], "max_pool")
+    stride = _tuple(_arg(args, kwargs, 2, "stride", []) or k, n)
+    return (n, k, stride, _tuple(_arg(args, kwargs, 3, "padding", 0), n), _tuple(_arg(args, kwargs, 4, "dilation", 1), n),
+            bool(_arg(args, kwargs, 5, "ceil_mode", False)))
+
+
+def _pool_out(size: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
+    """Output length of a max-pool along one dimension, as PyTorch computes it."""
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= size + p:  # the last window must start inside the input or the left padding
+        out -= 1
+    return out
+
+
+def _absorbed_padding(pool: fx.Node) -> tuple[tuple, bool] | None:
+    """For a max-pool that reads a constant ``-inf`` padding (TensorFlow-style "same" pooling, as in
+    timm's ``MaxPool2dSame``): the (padding, ceil_mode) with which the pool alone takes exactly the
+    same windows (PyTorch pads max-pools with ``-inf``), or None when no such pair exists."""
+    pad = pool.args[0] if pool.target in _MAXPOOL_OPS else None
+    if not isinstance(pad, fx.Node):
+        return None
+    if pad.target == aten.constant_pad_nd.default:
+        value = _arg(pad.args, pad.kwargs, 2, "value", 0.0)
+    elif pad.target == aten.pad.default and _arg(pad.args, pad.kwargs, 2, "mode", "constant") == "constant":
+        value = _arg(pad.args, pad.kwargs, 3, "value", None)
+    else:
+        return None
+    if not (isinstance(value, float) and value == float("-inf")):
+        return None
+    val = pad.args[0].meta.get("val") if isinstance(pad.args[0], fx.Node) else None
+    n, k, s, p0, d, c0 = _pool_params(pool)
+    widths = list(pad.args[1])
+    if not isinstance(val, Tensor) or len(widths) > 2 * n or any(not isinstance(w, int) or w < 0 for w in widths):
+        return None
+    widths += [0] * (2 * n - len(widths))
+    sizes = [int(v) for v in val.shape[-n:]]
+    for ceil in (False, True):
+        padding = []
+        for i in range(n):  # F.pad lists the last dimension first
+            left, right = widths[2 * (n - 1 - i)], widths[2 * (n - 1 - i) + 1]
+            want = _pool_out(sizes[i] + left + right, k[i], s[i], p0[i], d[i], c0)
+            new = left + p0[i]
+            if 2 * new > d[i] * (k[i] - 1) + 1 or _pool_out(sizes[i], k[i], s[i], new, d[i], ceil) != want:
+                break
+            padding.append(new)
+        else:
+            return tuple(padding), ceil
+    return None
+
+
+@_op(aten.max_pool1d, aten.max_pool2d, aten.max_pool3d)
+def _max_pool(L: _Lifter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+    n, k, stride, padding, dilation, ceil = _pool_params(node)
+    x = args[0]
+    absorbed = _absorbed_padding(node)
+    if absorbed is not None:  # pool the unpadded input with the pool's own -inf padding instead
+        padding, ceil = absorbed
+        x = L.env[node.args[0].args[0]]
+    mod = _MAXPOOL[n](k, stride, padding, dilation, ceil_mode=ceil)
+    return L.module(mod, x, "max_pool")
 
 
 def _indices_used(node: fx.Node) -> bool:
@@ -642,11 +703,15 @@ def _index(L: _Lifter, node: fx.Node, x: Any, dim: int, item: Any) -> Any:
 
 @_op(aten.constant_pad_nd)
 def _pad(L: _Lifter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+    if node.users and all(_absorbed_padding(u) is not None for u in node.users):
+        return args[0]  # each max-pool reading it takes the padding over (_max_pool)
     return L.function(F.pad, (args[0], list(args[1])), {"value": float(_arg(args, kwargs, 2, "value", 0.0))})
 
 
 @_op(aten.pad)
 def _pad2(L: _Lifter, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+    if node.users and all(_absorbed_padding(u) is not None for u in node.users):
+        return args[0]  # each max-pool reading it takes the padding over (_max_pool)
     mode, value = _arg(args, kwargs, 2, "mode", "constant"), _arg(args, kwargs, 3, "value", None)
     return L.function(F.pad, (args[0], list(args[1])), {"mode": mode, "value": value})
 
