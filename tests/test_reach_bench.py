@@ -21,6 +21,12 @@ def test_activation_names_do_not_confuse_relu_with_elu():
     assert reach.activations_in("aten._softmax.default") == {"softmax"}
     assert "hardsigmoid" in reach.activations_in("hard_sigmoid")
     assert reach.activations_in("GELUTanh") == {"gelu"}  # the tanh approximation of GELU
+    # per-sample normalisation blocks like an activation; batch norm does not
+    assert reach.activations_in("GroupNorm has no spiking equivalent") == {"groupnorm"}
+    assert reach.activations_in("aten.native_layer_norm.default") == {"layernorm"}
+    assert reach.activations_in("aten.batch_norm.default BatchNormAct2d") == set()
+    assert rm.module_nonlinearities(nn.Sequential(nn.Conv2d(3, 4, 1), nn.GroupNorm(2, 4), nn.ReLU())) == (
+        ["ReLU"], ["GroupNorm"])
 
 
 class _Gate(nn.Module):
