@@ -3,13 +3,16 @@
 
     OMP_NUM_THREADS=2 python benchmarks/bench_convert_time.py
     python benchmarks/bench_convert_time.py --models vgg_fmnist --baseline vgg_fmnist
+    python benchmarks/bench_convert_time.py --models resnet50_224 --configs adafire_nossc_fisher \
+        --calib-samples 64 --test-samples 32 --out convert_time_resnet50
 
 Each conversion is ``ann2snn.convert`` on 512 training samples (batches of 128, as ``ann2snn
 convert`` loads them); the stage times are its ``snn.info["stage_times"]``. ``--baseline`` converts
 the named models again with AdaFire in the same process with every calibration step running the
 whole network each time (``ann2snn.adaptation.incremental.ENABLED = False``) and checks that both
 conversions chose the same: thresholds, caps, corrections and SSC scales bit for bit, and the same
-predictions on test samples.
+predictions on test samples. ``resnet50_224`` is an ImageNet-size ResNet-50 (``benchmarks/resnet50.py``)
+on random 224x224 images; its accuracy column is the SNN's agreement with the ANN's predictions.
 """
 
 from __future__ import annotations
@@ -27,7 +30,30 @@ from ann2snn.adaptation import incremental
 CONFIGS = {
     "adafire": dict(neuron="adafire", threshold="mse", correction="advanced", timesteps=4, ssc_tau=2.0),
     "if_ltb": dict(neuron="if", threshold="ltb", timesteps=32),
+    "adafire_fisher": dict(neuron="adafire", threshold="mse", correction="advanced", timesteps=4, ssc_tau=2.0,
+                           sensitivity_method="fisher"),
+    "adafire_nossc": dict(neuron="adafire", threshold="mse", correction="advanced", timesteps=4),
+    "adafire_nossc_fisher": dict(neuron="adafire", threshold="mse", correction="advanced", timesteps=4,
+                                 sensitivity_method="fisher"),
 }
+RESNET50 = "resnet50_224"  # benchmarks/resnet50.py: random weights, randomised BN, 224x224 random images
+
+
+def load(name: str, calib_samples: int, test_samples: int):
+    """(model, calibration batches, test images, test labels); the ResNet-50's labels are the ANN's own
+    predictions (random weights: the accuracy column is then the SNN's agreement with the ANN)."""
+    if name == RESNET50:
+        from resnet50 import images, resnet50
+
+        model = resnet50()
+        xt = images(test_samples, seed=2)
+        with torch.no_grad():
+            yt = torch.cat([model(x).argmax(1) for x in xt.split(32)])
+        return model, list(images(calib_samples, seed=1).split(32)), xt, yt
+    model, dataset = load_pretrained(name)
+    xc, _ = tensors(dataset, "train", calib_samples, seed=1)
+    xt, yt = tensors(dataset, "test", test_samples, seed=2)
+    return model, list(xc.split(128)), xt, yt
 
 
 def convert(model, batches, config: dict) -> tuple[ann2snn.SpikingModel, float]:
@@ -61,10 +87,7 @@ def main(argv=None) -> int:
 
     rows = []
     for name in args.models:
-        model, dataset = load_pretrained(name)
-        xc, _ = tensors(dataset, "train", args.calib_samples, seed=1)
-        xt, yt = tensors(dataset, "test", args.test_samples, seed=2)
-        batches = list(xc.split(128))
+        model, batches, xt, yt = load(name, args.calib_samples, args.test_samples)
         runs = [(cfg, True) for cfg in args.configs]
         if name in args.baseline:
             runs.append(("adafire", False))
@@ -76,7 +99,7 @@ def main(argv=None) -> int:
             finally:
                 incremental.ENABLED = True
             with torch.no_grad():
-                pred = torch.cat([snn.run(x).argmax(1) for x in xt.split(250)])
+                pred = torch.cat([snn.run(x).argmax(1) for x in xt.split(32 if name == RESNET50 else 250)])
             row = {"model": name, "config": cfg, "incremental": fast, "seconds": round(seconds, 2),
                    "stage_times": snn.info["stage_times"], "accuracy": float((pred == yt).float().mean()),
                    "caps": snn.info.get("caps"), "ssc_scales": snn.info.get("ssc", {}).get("scales")}
@@ -91,7 +114,7 @@ def main(argv=None) -> int:
             if "same_as_incremental" in row:
                 print(f"{'':17s} same choices and predictions as the incremental runner: {row['same_as_incremental']}")
     payload = {"provenance": provenance(" ".join(["python", *sys.argv])),
-               "settings": {"calib_samples": args.calib_samples, "adapt_samples": 256, "batch_size": 128,
+               "settings": {"calib_samples": args.calib_samples, "adapt_samples": 256, "batch_size": "128 (resnet50_224: 32)",
                             "test_samples": args.test_samples, "configs": CONFIGS},
                "rows": rows}
     print(save(args.out, payload))

@@ -128,3 +128,51 @@ def test_attributed_sops_add_up_to_the_total():
     assert set(caused) == set(snn.neurons())
     assert sum(caused.values()) == pytest.approx(report.sops * x.shape[0], rel=1e-9)
     assert all(v > 0 for v in caused.values())
+
+
+def _digits_sensitivity(method):
+    from ann2snn.adaptation.burst import fisher_sensitivity_table, sensitivity_table
+    from ann2snn.data.datasets import load_digits
+    from ann2snn.zoo import create_model
+
+    x = load_digits("train").x[:192]
+    snn = ann2snn.convert(create_model("vgg_digits", pretrained=True), x, threshold="mse", neuron="adafire",
+                          timesteps=4, burst_alloc="uniform", progress=False)
+    measure = fisher_sensitivity_table if method == "fisher" else sensitivity_table
+    return measure(snn, x[:128], 4, list(range(1, 9)), 8, 4)
+
+
+def test_fisher_sensitivity_counts_the_same_spikes_and_ranks_like_the_simulated_table():
+    fisher, simulated = _digits_sensitivity("fisher"), _digits_sensitivity("simulate")
+    assert fisher.layers == simulated.layers and fisher.caps == simulated.caps
+    # each layer's input is the same as in every simulated job: its spikes at every cap too
+    assert torch.allclose(torch.tensor(fisher.spikes), torch.tensor(simulated.spikes), rtol=1e-3)
+    assert fisher.baseline_spikes == pytest.approx(simulated.baseline_spikes)
+    a, b = torch.tensor(fisher.sensitivity).flatten(), torch.tensor(simulated.sensitivity).flatten()
+    assert (a >= 0).all() and a.max() > 0
+    ranks = [torch.argsort(torch.argsort(t)).double() for t in (a, b)]
+    assert torch.corrcoef(torch.stack(ranks))[0, 1] > 0.5  # Spearman correlation of the two estimates
+
+
+def test_fisher_sensitivity_converts_dense_outputs_and_leaves_the_model_alone():
+    model = randomize_bn(SmallResNet())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = model
+
+        def forward(self, x):
+            y = self.body(x)
+            return {"logits": y, "map": y[:, :2] * 2}
+
+    x = torch.randn(64, 1, 8, 8)
+    snn = ann2snn.convert(TwoHeads().eval(), x, threshold="mse", neuron="adafire", timesteps=4, burst_cap=2,
+                          burst_initial=4, sensitivity_method="fisher", sensitivity_metric="mse", progress=False)
+    table = SensitivityTable.from_dict(snn.info["sensitivity"])
+    assert table.metric == "mse" and len(table.layers) == len(snn.neurons())
+    assert all(1 <= m <= 4 for m in snn.info["caps"].values())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ann2snn.ConfigError, match="sensitivity_method"):
+        ann2snn.ConversionConfig(sensitivity_method="guess")

@@ -18,6 +18,7 @@ ENCODINGS = ("direct", "poisson")
 LTB_FORWARDS = ("relu", "clip")
 BURST_ALLOCS = ("sensitivity", "uniform")
 SENSITIVITY_METRICS = ("auto", "kl", "mse")
+SENSITIVITY_METHODS = ("simulate", "fisher")
 MSE_LEVELS = ("T", "Tm")
 CORRECTION_TARGETS = ("clip", "relu")
 CORRECTIONS = ("none", "light", "advanced", "both")
@@ -51,7 +52,7 @@ CONFIG_GROUPS: dict[str, FieldGroup] = {
     }),
     "neurons": FieldGroup("neurons and simulation", "the neuron model, its burst caps and the simulated steps", {
         "docs/methods/adafire.md": ("neuron", "burst_cap", "burst_initial", "burst_min", "burst_budget",
-                                    "burst_alloc", "burst_cost", "sensitivity_metric"),
+                                    "burst_alloc", "burst_cost", "sensitivity_metric", "sensitivity_method"),
         "docs/methods/events.md": ("signed", "step_cap"),
         "docs/methods/neurons.md": ("timesteps", "encoding", "v0", "v0_mode", "t0", "spike_linear"),
     }),
@@ -108,6 +109,11 @@ class ConversionConfig:
             layer's spikes priced by the synaptic operations they cause: a budget on energy).
         sensitivity_metric: ``kl`` (symmetric KL of softmax outputs), ``mse`` (for dense outputs) or
             ``auto`` (KL when the output is ``[batch, classes]``, MSE otherwise).
+        sensitivity_method: how the sensitivity table is measured: ``simulate`` (the paper: the
+            network simulated to its output once per layer and candidate cap) or ``fisher`` (one
+            simulation: each layer's rate and spikes at every cap exactly, their effect on the output
+            estimated to second order from the ANN's gradients; for deep or large models, where the
+            simulated table costs layers x caps runs of the network below each layer).
         mse_levels: the MSE search quantises to ``T * burst_cap`` (``Tm``, the levels a burst neuron
             with the target cap can emit) or to ``T`` levels; the same for IF neurons (m = 1).
             ``Tm`` gave the same accuracy with 20-30 % fewer SOPs on VGG and +2.6 points on
@@ -174,6 +180,7 @@ class ConversionConfig:
     burst_alloc: str = "sensitivity"
     burst_cost: str = "spikes"
     sensitivity_metric: str = "auto"
+    sensitivity_method: str = "simulate"
     mse_levels: str = "Tm"
     adapt_samples: int = 256
     correction_target: str = "clip"
@@ -214,6 +221,7 @@ class ConversionConfig:
         _choice("ssc_grid", self.ssc_grid, SSC_GRIDS)
         _choice("v0_mode", self.v0_mode, V0_MODES)
         _choice("sensitivity_metric", self.sensitivity_metric, SENSITIVITY_METRICS)
+        _choice("sensitivity_method", self.sensitivity_method, SENSITIVITY_METHODS)
         _choice("mse_levels", self.mse_levels, MSE_LEVELS)
         _choice("correction_target", self.correction_target, CORRECTION_TARGETS)
         _choice("iat_confidence", self.iat_confidence, IAT_CONFIDENCES)

@@ -289,6 +289,11 @@ class SpikingModel(nn.Module):
     def analog(self, x: Tensor, mode: str = "relu", timesteps: int | None = None) -> Any:
         """Run the network as an ANN: ``relu`` (the original network, BN folded), ``clip`` (ReLUs
         clipped at the thresholds) or ``quant`` (the quantisation ceiling at ``timesteps``)."""
+        return self.analog_graph(x, mode, timesteps)
+
+    def analog_graph(self, x: Tensor, mode: str = "relu", timesteps: int | None = None) -> Any:
+        """:meth:`analog` as a differentiable graph (autograd as the caller has it), e.g. for gradients
+        of the output with respect to the activations."""
         if mode not in ("relu", "clip", "quant"):
             raise ConfigError(f"unknown analog mode {mode!r}; choose relu, clip or quant")
         neurons = [m for m in self.graph_module.modules() if isinstance(m, (SpikingNeuron, RunningMaxPool))]

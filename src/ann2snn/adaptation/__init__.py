@@ -46,8 +46,9 @@ def adapt(snn: SpikingModel, x: Tensor, *, progress_bar: bool | None = None) -> 
     times = snn.info.setdefault("stage_times", {})
     if cfg.neuron == "adafire" and cfg.burst_alloc == "sensitivity":
         with stage_timer(times, "sensitivity"):
-            table = burst.sensitivity_table(snn, x, cfg.timesteps, list(range(cfg.burst_min, cfg.burst_initial + 1)),
-                                            cfg.burst_initial, cfg.burst_cap, cfg.sensitivity_metric, progress_bar)
+            measure = burst.fisher_sensitivity_table if cfg.sensitivity_method == "fisher" else burst.sensitivity_table
+            table = measure(snn, x, cfg.timesteps, list(range(cfg.burst_min, cfg.burst_initial + 1)),
+                            cfg.burst_initial, cfg.burst_cap, cfg.sensitivity_metric, progress_bar)
             snn.info["sensitivity"] = table.to_dict()
             caps = burst.allocate_caps(table, cfg.burst_budget, cfg.burst_min, cost=cfg.burst_cost)
             burst.apply_caps(snn, caps)

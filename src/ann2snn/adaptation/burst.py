@@ -9,6 +9,7 @@ discretised budget (a multiple-choice knapsack).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -195,6 +196,162 @@ def sensitivity_table(
     spikes = [job_spikes[i * k:(i + 1) * k] for i in range(L)]
     return SensitivityTable(names, list(caps), sens, spikes, target_cap, initial_cap, sum(base_layers), metric,
                             timesteps, int(totals[-1]), base_layers, per_spike)
+
+
+#: random output directions per sample behind each Fisher estimate (more: less noise, one backward each)
+FISHER_PROBES = 4
+
+
+@torch.no_grad()
+def fisher_sensitivity_table(
+    snn: SpikingModel,
+    x: Tensor,
+    timesteps: int,
+    caps: Sequence[int],
+    initial_cap: int,
+    target_cap: int,
+    metric: str = "auto",
+    progress: bool | None = None,
+    probes: int = FISHER_PROBES,
+) -> SensitivityTable:
+    """:func:`sensitivity_table` estimated from one simulation instead of one per layer and cap.
+
+    With every layer at ``initial_cap``, each layer's input is what it receives in every job of the
+    simulated table (only that layer's cap changes, downstream of it): so each layer's rate at each
+    candidate cap and its spike count N_l(m) come out exactly, from copies of the layer's neurons fed
+    its input. What is estimated is how the layer's error reaches the output: the divergence is taken
+    to second order, ``S_l(m) ~ E[(J_l d_l(m))^T F (J_l d_l(m))]`` with ``d_l(m)`` the layer's rate minus
+    the ANN's activation, ``J_l`` the ANN's Jacobian from the layer to the output and ``F`` the Fisher
+    information of the softmax output (``kl``; the identity for ``mse``), estimated by backpropagating
+    ``probes`` random output directions ``u`` with ``E[u u^T] = F`` through the ANN:
+    ``S_l(m) ~ mean over u of (g_u . d_l(m))^2``, ``g_u = J_l^T u``. The DP then chooses as it does from
+    the simulated table. Cost: two simulations and ``probes`` backward passes of the ANN, against
+    ``layers x caps`` simulations of the downstream network.
+    """
+    from ..utils import progress as bar
+
+    neurons = snn.neurons()
+    names = list(neurons)
+    saved = {name: n.cap for name, n in neurons.items()}
+    ann = _first_tensor(snn.analog(x, "relu"))
+    metric = resolve_metric(metric, ann)
+    k = len(caps)
+    sums = torch.zeros(len(names), k, dtype=torch.float64)
+    counts = [[0.0] * k for _ in names]
+    gen = torch.Generator(device=x.device).manual_seed(snn.config.seed)
+    try:
+        for n in neurons.values():
+            n.set_cap(target_cap)
+        _, base, caused, window, _ = priced_run(snn, x, timesteps)
+        for n in neurons.values():
+            n.set_cap(initial_cap)
+        chunk = _fisher_chunk(snn, x, k, probes)
+        for xc in bar(list(x.split(chunk)), -(-x.shape[0] // chunk), "burst sensitivity (Fisher)", progress):
+            grads, acts = _output_gradients(snn, xc, metric, probes, gen)
+            shadows = {}
+            for name, n in neurons.items():
+                shadows[name] = []
+                for m in caps:
+                    twin = copy.deepcopy(n)
+                    twin.reset()
+                    twin.set_cap(m)
+                    shadows[name].append(twin)
+            dots = {name: torch.zeros(k, probes, xc.shape[0], dtype=torch.float64, device=x.device) for name in names}
+
+            def feed(g: Tensor | None, twins: list, acc: Tensor, row: list[float]):
+                def hook(_mod, inputs, _out):
+                    for j, twin in enumerate(twins):
+                        out = twin(inputs[0])
+                        if g is not None:  # None: the output does not depend on this layer
+                            acc[j] += torch.einsum("pcn,cn->pc", g, out.flatten(1)).double()
+                        row[j] += twin.spike_total()
+                return hook
+
+            handles = [n.register_forward_hook(feed(grads[name].flatten(2) if name in grads else None, shadows[name],
+                                                    dots[name], counts[i]))
+                       for i, (name, n) in enumerate(neurons.items())]
+            try:
+                snn.run(xc, timesteps, mode="step")
+            finally:
+                for h in handles:
+                    h.remove()
+            for i, name in enumerate(names):
+                if name not in grads:
+                    continue
+                at_ann = torch.einsum("pcn,cn->pc", grads[name].flatten(2), acts[name].flatten(1)).double()
+                sums[i] += (dots[name] / timesteps - at_ann).pow(2).mean(1).sum(1).cpu()
+            del grads, acts, shadows, dots
+    finally:
+        for name, n in neurons.items():
+            n.set_cap(saved[name])
+    L = len(names)
+    totals = D.sum_floats([*sums.flatten().tolist(), *(c for row in counts for c in row),
+                           *(base[n] for n in names), *(caused[n] for n in names), *(window[n] for n in names),
+                           x.shape[0]])
+    n_samples = totals[-1]
+    sens = [[v / max(n_samples, 1.0) for v in totals[i * k:(i + 1) * k]] for i in range(L)]
+    off = L * k
+    spikes = [totals[off + i * k:off + (i + 1) * k] for i in range(L)]
+    off += L * k
+    base_layers, caused_layers, window_layers = (totals[off + j * L:off + (j + 1) * L] for j in range(3))
+    return SensitivityTable(names, list(caps), sens, spikes, target_cap, initial_cap, sum(base_layers), metric,
+                            timesteps, int(n_samples), base_layers, prices(caused_layers, window_layers))
+
+
+def _fisher_chunk(snn: SpikingModel, x: Tensor, caps: int, probes: int) -> int:
+    """Samples per pass so that the gradients, activations and neuron copies of all layers fit
+    :data:`incremental.MEMORY_BUDGET`."""
+    sizes = []
+    handles = [n.register_forward_hook(lambda _m, _i, o: sizes.append(o[0].numel() * o.element_size()))
+               for n in snn.neurons().values()]
+    try:
+        snn.analog(x[:1], "relu")
+    finally:
+        for h in handles:
+            h.remove()
+    per_sample = sum(sizes) * (probes + 2 * caps + 2)  # gradients, activation, each copy's membrane and output
+    return max(1, min(x.shape[0], int(incremental.MEMORY_BUDGET // max(per_sample, 1))))
+
+
+def _output_gradients(snn: SpikingModel, x: Tensor, metric: str, probes: int, gen: torch.Generator
+                      ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Per neuron layer: ``J^T u`` for ``probes`` random output directions (``[probes, batch, ...]``)
+    and the ANN's activation, from the folded ANN (``snn.analog``)."""
+    neurons = snn.neurons()
+    acts: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def hook(_mod, _inputs, out):
+            acts[name] = out
+        return hook
+
+    handles = [n.register_forward_hook(keep(name)) for name, n in neurons.items()]
+    try:
+        with torch.enable_grad():
+            out = _first_tensor(snn.analog_graph(x.detach().requires_grad_(True), "relu"))
+            if out.grad_fn is None:
+                raise RuntimeError("the folded ANN's output does not depend on its input")
+            layers = [name for name in neurons if name in acts and acts[name].requires_grad]
+            grads: dict[str, list[Tensor]] = {name: [] for name in layers}
+            flat = out.detach().flatten(1).double()
+            for j in range(probes):
+                if metric == "kl":  # u = onehot(y) - p with y ~ p: E[u u^T] = diag(p) - p p^T, the Fisher
+                    prob = torch.softmax(flat, dim=1)
+                    y = torch.multinomial(prob, 1, generator=gen).squeeze(1)
+                    u = -prob
+                    u[torch.arange(u.shape[0], device=u.device), y] += 1.0
+                else:  # mse: E[u u^T] = I
+                    u = torch.randn(flat.shape, generator=gen, device=flat.device, dtype=flat.dtype)
+                u = u.to(out.dtype).reshape(out.shape)
+                gs = torch.autograd.grad(out, [acts[name] for name in layers], grad_outputs=u,
+                                         retain_graph=j < probes - 1, allow_unused=True)
+                for name, g in zip(layers, gs, strict=True):
+                    grads[name].append(torch.zeros_like(acts[name]) if g is None else g.detach())
+    finally:
+        for h in handles:
+            h.remove()
+    return ({name: torch.stack(g) for name, g in grads.items()},
+            {name: acts[name].detach() for name in grads})
 
 
 def multiple_choice_knapsack(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]],

@@ -343,7 +343,10 @@ def _tiled_max(x: Tensor, kh: int, kw: int) -> Tensor:
         return parts[0].contiguous()
     out = torch.maximum(parts[0], parts[1])
     for part in parts[2:]:
-        torch.maximum(out, part, out=out)
+        if out.requires_grad:  # a differentiable analog pass (gradients for the sensitivity estimate)
+            out = torch.maximum(out, part)
+        else:
+            torch.maximum(out, part, out=out)
     return out
 
 
