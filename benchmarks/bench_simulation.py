@@ -4,6 +4,11 @@ neuron update, time-batched mode), the cost
 of counting synaptic operations, and peak memory against T.
 
     python benchmarks/bench_simulation.py --models vgg_fmnist resnet_fmnist mobilenet_fmnist --timesteps 4 32
+    python benchmarks/bench_simulation.py --models resnet50_224 --batch 8 --timesteps 8 --repeats 1 \
+        --out simulation_modes_resnet50
+
+``resnet50_224`` is an ImageNet-size ResNet-50 with random weights (``benchmarks/resnet50.py``),
+converted with the default IF + LTB on 64 random 224x224 images.
 
 Times are medians of repeated runs in one process (ratios, as the machine is shared). Memory is
 measured in a fresh subprocess per T: the kernel's peak-RSS counter is reset right before the run
@@ -71,10 +76,16 @@ def memory_child(path: str, timesteps: int, batch: int, shape: list[int], mode: 
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict:
-    model, dataset = load_pretrained(name)
-    xc, _ = tensors(dataset, "train", 512, seed=1)
-    x, _ = tensors(dataset, "test", args.batch, seed=3)
-    snn = ann2snn.convert(model, xc.split(128), progress=False)
+    if name == "resnet50_224":  # benchmarks/resnet50.py: random weights, randomised BN, random images
+        from resnet50 import images, resnet50
+
+        model, xc, x = resnet50(), images(64, seed=1), images(args.batch, seed=3)
+        snn = ann2snn.convert(model, xc.split(32), progress=False)
+    else:
+        model, dataset = load_pretrained(name)
+        xc, _ = tensors(dataset, "train", 512, seed=1)
+        x, _ = tensors(dataset, "test", args.batch, seed=3)
+        snn = ann2snn.convert(model, xc.split(128), progress=False)
     rows = {}
     for T in args.timesteps:
         @torch.no_grad()
