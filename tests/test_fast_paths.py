@@ -127,6 +127,36 @@ def test_runner_without_memory_still_matches(resnet):
     assert not runner.kept
 
 
+def test_runner_with_a_small_budget_keeps_the_values_around_the_layer_it_is_at(vgg, digits_x):
+    """Walking down the network as a correction does: past the budget, values of layers that changed
+    and values not read for longest make room, so each run still starts near the layer it measures;
+    every run equals a full run."""
+    x = digits_x[:32]
+    probe = IncrementalRunner(copy.deepcopy(vgg), x, 4)
+    probe.run()
+    budget = 2 * max(probe.sizes.values())  # room for about two nodes' values
+    evaluated = {}
+    for label, limit in (("small", budget), ("unlimited", None)):
+        snn = copy.deepcopy(vgg)
+        runner = IncrementalRunner(snn, x, 4, memory_budget=limit)
+        calls = []
+        handles = [m.register_forward_hook(lambda *_, calls=calls: calls.append(1)) for m in snn.graph_module.children()]
+        names = list(snn.neurons())
+        try:
+            for i, name in enumerate(names):
+                snn.neurons()[name].v0_offset.add_(0.05)
+                out = runner.run(evaluate=names[i + 1:i + 2])
+                n_calls = len(calls)
+                assert torch.equal(out, snn.run(x, 4)), name
+                del calls[n_calls:]  # the full run's calls do not count
+                assert runner.kept_bytes <= runner.budget and runner.kept_bytes == sum(runner.sizes.values())
+        finally:
+            for h in handles:
+                h.remove()
+        evaluated[label] = len(calls)
+    assert evaluated["small"] <= 1.25 * evaluated["unlimited"], evaluated
+
+
 def test_sensitivity_table_equals_the_full_simulation_one(vgg, digits_x):
     x = digits_x[:96]
     cfg = vgg.config

@@ -34,8 +34,9 @@ from ..simulation import _draws_random, _get_attr, _nbytes, _static, accumulate_
 
 #: the calibration steps use :class:`IncrementalRunner` where it applies (False: a full run every time)
 ENABLED = True
-#: bytes of per-step values a runner may keep (beyond the budget a node's values are recomputed instead)
-MEMORY_BUDGET = 1024 * 2**20
+#: bytes of per-step values a runner may keep; past it, the values least recently read (those of layers
+#: that changed since first) make room, and what still does not fit is recomputed when needed
+MEMORY_BUDGET = 4096 * 2**20
 
 
 def applies(snn: Any, x: Tensor) -> bool:
@@ -117,7 +118,9 @@ class IncrementalRunner:
         # (None: being replaced)
         self.kept: dict[fx.Node, tuple[list[Any], tuple[int, ...] | None]] = {}
         self.kept_bytes = 0
-        self.too_big: set[fx.Node] = set()
+        self.sizes: dict[fx.Node, int] = {}  # bytes of each kept node's values
+        self.last_read: dict[fx.Node, int] = {}  # the run that last read or wrote each kept node
+        self.runs = 0
         self.versions: dict[fx.Node, list[tuple]] = {n: [] for n in self.neurons}
 
     # -- structure -----------------------------------------------------------------------------
@@ -177,6 +180,7 @@ class IncrementalRunner:
             on_step: called with the step index after each step.
         """
         versions = self._current()
+        self.runs += 1
 
         def current(node: fx.Node) -> bool:
             kept = self.kept.get(node)
@@ -206,7 +210,7 @@ class IncrementalRunner:
 
     def _steps(self, order: list[fx.Node], output: bool, commit: bool, on_step: Callable[[int], None] | None,
                versions: dict[fx.Node, int]):
-        store = [n for n in order if n in self.keep and n not in self.too_big] if commit else []
+        store = [n for n in order if n in self.keep] if commit else []
         fresh: dict[fx.Node, list[Any]] = {n: [] for n in store}
         for node in store:  # values this run replaces: not read by it (it computes them), freed now
             if node in self.kept:
@@ -228,6 +232,7 @@ class IncrementalRunner:
                     return env[n]
                 if n in self.fixed:
                     return self.fixed[n]
+                self.last_read[n] = self.runs
                 return self.kept[n][0][t]
 
             for i, node in enumerate(order):
@@ -246,10 +251,34 @@ class IncrementalRunner:
                     if node in self.kept:
                         continue
                     size = _nbytes(fresh[node][0]) * self.timesteps
-                    if self.kept_bytes + size > self.budget:
-                        self.too_big.add(node)
+                    if self.kept_bytes + size > self.budget and not self._make_room(size, versions, fresh):
                         del fresh[node]
                     else:
                         self.kept_bytes += size
+                        self.sizes[node] = size
         for node, values in fresh.items():
             self.kept[node] = (values, tuple(versions[u] for u in self.upstream[node]))
+            self.last_read[node] = self.runs
+
+    def _make_room(self, size: int, versions: dict[fx.Node, int], fresh: dict[fx.Node, list[Any]]) -> bool:
+        """Drop kept values until ``size`` more bytes fit: first those computed with layers that have
+        changed since (they would be recomputed anyway), then the least recently read; never those
+        this run reads or replaces. False (nothing dropped) when even that is not enough."""
+        def stale(n: fx.Node) -> bool:
+            return self.kept[n][1] != tuple(versions[u] for u in self.upstream[n])
+
+        movable = [n for n in self.kept if n not in fresh and self.last_read.get(n) != self.runs]
+        movable.sort(key=lambda n: (not stale(n), self.last_read.get(n, 0)))
+        free, drop = self.budget - self.kept_bytes, []
+        for n in movable:
+            if free >= size:
+                break
+            drop.append(n)
+            free += self.sizes[n]
+        if free < size:
+            return False
+        for n in drop:
+            del self.kept[n]
+            self.kept_bytes -= self.sizes.pop(n)
+            self.last_read.pop(n, None)
+        return True
