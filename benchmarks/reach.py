@@ -261,7 +261,7 @@ def run_family(fam: str, args, command: str) -> None:
         todo = cat
     done = 0
     for _, kind, name in todo:
-        if name in data["models"] and not (args.retry_broken and data["models"][name]["outcome"] != "converges"):
+        if name in data["models"] and not (args.retry_broken and data["models"][name]["outcome"] == "broken"):
             continue
         if args.limit is not None and done >= args.limit:
             break
@@ -382,7 +382,7 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=None, help="a random sample of this many ReLU-family models")
     ap.add_argument("--seed", type=int, default=0, help="seed of --sample")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per model")
-    ap.add_argument("--retry-broken", action="store_true", help="run again models that did not converge")
+    ap.add_argument("--retry-broken", action="store_true", help="run again the models recorded as broken")
     ap.add_argument("--render", action="store_true", help="only write docs/reach.md from the results")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
