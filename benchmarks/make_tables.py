@@ -645,7 +645,10 @@ def simulation(pg: Page) -> None:
 
 
 STAGES = ("prepare", "calibrate", "thresholds", "sensitivity", "correction", "ssc", "iat")
-CONVERT_LABELS = {"adafire": "AdaFire + MSE + advanced, T = 4, SSC tau = 2", "if_ltb": "IF + LTB, T = 32"}
+CONVERT_LABELS = {"adafire": "AdaFire + MSE + advanced, T = 4, SSC tau = 2", "if_ltb": "IF + LTB, T = 32",
+                  "adafire_fisher": "AdaFire + MSE + advanced, T = 4, SSC tau = 2, Fisher sensitivity",
+                  "adafire_nossc": "AdaFire + MSE + advanced, T = 4",
+                  "adafire_nossc_fisher": "AdaFire + MSE + advanced, T = 4, Fisher sensitivity"}
 
 
 def conversion_time(pg: Page) -> None:
@@ -672,6 +675,32 @@ def conversion_time(pg: Page) -> None:
     pg.lines += table(["model", "conversion", "calibration steps", "total (s)", *stages, "accuracy (%)", "same"],
                       grouped(rows), "lllr" + "r" * len(stages) + "rl")
     pg.sources("convert_time")
+    if (RESULTS / "convert_time_fisher.json").exists():
+        d = pg.load("convert_time_fisher")
+        st = d["settings"]
+        pg.text("The burst sensitivity table simulated (`sensitivity_method=\"simulate\"`, one run per layer and cap, "
+                "the part downstream of the layer) against estimated from one run and the ANN's gradients "
+                f"(`\"fisher\"`), in the same process: the same {st['calib_samples']} training images, accuracy on "
+                f"{st['test_samples']} test images.")
+        pg.lines += _stage_table(d)
+        pg.sources("convert_time_fisher")
+    if (RESULTS / "convert_time_resnet50.json").exists():
+        d = pg.load("convert_time_resnet50")
+        st = d["settings"]
+        pg.text(f"An ImageNet-size ResNet-50 (`benchmarks/resnet50.py`: random weights, randomised BatchNorm, "
+                f"224×224 random images), converted on {st['calib_samples']} of them; *accuracy* is the SNN's "
+                f"agreement with the ANN's predictions on {st['test_samples']} other images.")
+        pg.lines += _stage_table(d)
+        pg.sources("convert_time_resnet50")
+
+
+def _stage_table(d: dict) -> list[str]:
+    stages = [s for s in STAGES if any(s in r["stage_times"] for r in d["rows"])]
+    rows = [[f"`{r['model']}`", CONVERT_LABELS.get(r["config"], r["config"]), f"{r['seconds']:.1f}",
+             *(f"{r['stage_times'][s]:.1f}" if s in r["stage_times"] else "—" for s in stages), pct(r["accuracy"])]
+            for r in d["rows"]]
+    return table(["model", "conversion", "total (s)", *stages, "accuracy (%)"], grouped(rows),
+                 "llr" + "r" * len(stages) + "r")
 
 
 # ----------------------------------------------------------------------------------- deployment
@@ -838,7 +867,7 @@ def measured(name: str, d: dict) -> str:
     if name == "distributed":
         c = d["config"]
         return f"`{c['model']}`: time of calibration and evaluation, {', '.join(d['median_seconds'])}"
-    if name == "convert_time":
+    if name.startswith("convert_time"):
         ms = ", ".join(f"`{m}`" for m in dict.fromkeys(r["model"] for r in d["rows"]))
         cfgs = ", ".join(dict.fromkeys(r["config"] for r in d["rows"]))
         return f"{ms}: conversion time by stage ({cfgs}), incremental calibration steps against full runs"
