@@ -577,30 +577,33 @@ MODE_LABELS = {"step": "step", "step_prefix": "step + prefix", "step_prefix_fuse
 def simulation(pg: Page) -> None:
     pg.h2("Simulation cost")
     pg.h3("Time and memory per execution mode")
-    d = pg.load("simulation_modes")
-    modes = list(dict.fromkeys(k for e in d["models"].values() for r in e.values() for k in r["modes"]))
+    files = [n for n in ("simulation_modes", "simulation_modes_t256", "simulation_modes_resnet50")
+             if (RESULTS / f"{n}.json").exists()]
+    entries = [(model, e) for n in files for model, e in pg.load(n)["models"].items()]
+    modes = list(dict.fromkeys(k for _, e in entries for r in e.values() for k in r["modes"]))
     rows, batch = [], set()
-    for model, e in d["models"].items():
+    for model, e in entries:
         for t, r in sorted(e.items(), key=lambda kv: int(kv[0])):
             batch.add(r["batch"])
             ms = r["modes"]
-            rows.append([f"`{model}`", t, f"{r['ann_forward_s'] * 1000:.0f}",
+            rows.append([f"`{model}`", r["batch"], t, f"{r['ann_forward_s'] * 1000:.0f}",
                          *(f"{ms[m]['ratio_vs_T_ann']:.2f} ({ms[m]['ratio_vs_T_ann_cpu']:.2f})" if m in ms else "—"
                            for m in modes),
                          " / ".join(f"{ms[m]['peak_rss_bytes'] / 2**20:.0f}" if m in ms else "—" for m in modes),
                          f"{r['counting_overhead_vs_step_prefix']:.2f}" if "counting_overhead_vs_step_prefix" in r else "—",
                          f"{max(r['max_abs_diff_vs_step'].values()):g}" if r.get("max_abs_diff_vs_step") else "—"])
     pg.text(f"Simulation time of T steps divided by T forward passes of the ANN (BN not folded) on the same batch "
-            f"of {span(sorted(batch))} test images, wall clock (CPU time in brackets); one thread. `step`: the "
+            f"of {span(sorted(batch))} test images (`resnet50_224`: the ImageNet-size ResNet-50 of "
+            "`benchmarks/resnet50.py`, random weights, on random 224×224 images), wall clock (CPU time in brackets); one thread. `step`: the "
             "whole graph once per step (the default); `prefix`: the input-only layers computed once per run; "
             "`fused`: the `torch.compile`d neuron update; `time-batched`: several steps folded into the batch "
             "(`run(mode=\"batched\")`). Peak memory: a fresh process's peak RSS, model, data and torch included. "
             "Counting: the same run with a `SynapticCounter` attached against without. Largest output difference "
             "of any mode against step mode in the last column.")
-    pg.lines += table(["model", "T", "ANN forward (ms)", *(MODE_LABELS.get(m, m) for m in modes),
+    pg.lines += table(["model", "batch", "T", "ANN forward (ms)", *(MODE_LABELS.get(m, m) for m in modes),
                        "peak RSS (MiB), " + " / ".join(MODE_LABELS.get(m, m) for m in modes), "counting on / off",
                        "largest difference"], grouped(rows))
-    pg.sources("simulation_modes")
+    pg.sources(*files)
 
     d = pg.load("fused_neuron")
     rows = [[k, f"{v['eager_update_s'] * 1000:.1f}", f"{v['compiled_update_s'] * 1000:.1f}", f"{v['compile_s']:.1f}",
@@ -844,7 +847,7 @@ def measured(name: str, d: dict) -> str:
         base = next(iter(models.values()))["base"]
         return f"{ms}: {' and '.join(parts)}; base {base.get('neuron', 'if')} + {base.get('threshold')}" \
                f"{' + ' + base['correction'] if base.get('correction') else ''}{imgs}"
-    if name == "simulation_modes":
+    if name.startswith("simulation_modes"):
         ts = ts_of(*(e for e in models.values()))
         return f"{ms}: simulation time of each execution mode against T ANN forwards, peak memory, at T = {span(ts)}"
     if name.startswith("simulation"):
