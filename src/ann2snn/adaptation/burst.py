@@ -182,13 +182,19 @@ def sensitivity_table(
     finally:
         for name, n in neurons.items():
             n.set_cap(saved[name])
-    # divergences, spike counts and the SOPs they cause are sums over samples: one reduction over the
-    # ranks' shares (a no-op in one process)
-    names = list(neurons)
-    divs = reduce_means(div_sums, div_counts)
+    return _reduced_table(list(neurons), caps, reduce_means(div_sums, div_counts), job_spikes, base, caused, window,
+                          x.shape[0], target_cap, initial_cap, metric, timesteps)
+
+
+def _reduced_table(names: list[str], caps: Sequence[int], divs: list[float], job_spikes: list[float],
+                   base: dict[str, float], caused: dict[str, float], window: dict[str, float], samples: int,
+                   target_cap: int, initial_cap: int, metric: str, timesteps: int) -> SensitivityTable:
+    """The table from per-job divergences (already reduced) and this rank's spike and SOP sums, job by
+    job layer-major: spike counts and the SOPs they cause are sums over samples, reduced over the
+    ranks' shares in one call (a no-op in one process)."""
     k, L = len(caps), len(names)
     totals = D.sum_floats([*job_spikes, *(base[n] for n in names), *(caused[n] for n in names),
-                           *(window[n] for n in names), x.shape[0]])
+                           *(window[n] for n in names), samples])
     job_spikes, base_layers = totals[:k * L], totals[k * L:k * L + L]
     caused_layers, window_layers = totals[k * L + L:k * L + 2 * L], totals[k * L + 2 * L:-1]
     per_spike = prices(caused_layers, window_layers)
@@ -233,8 +239,7 @@ def fisher_sensitivity_table(
     neurons = snn.neurons()
     names = list(neurons)
     saved = {name: n.cap for name, n in neurons.items()}
-    ann = _first_tensor(snn.analog(x, "relu"))
-    metric = resolve_metric(metric, ann)
+    metric = resolve_metric(metric, _first_tensor(snn.analog(x[:1], "relu")))  # the output's kind only
     k = len(caps)
     sums = torch.zeros(len(names), k, dtype=torch.float64)
     counts = [[0.0] * k for _ in names]
@@ -245,17 +250,19 @@ def fisher_sensitivity_table(
         _, base, caused, window, _ = priced_run(snn, x, timesteps)
         for n in neurons.values():
             n.set_cap(initial_cap)
+        shadows = {}  # each layer's neurons at each candidate cap, fed the layer's input
+        for name, n in neurons.items():
+            shadows[name] = []
+            for m in caps:
+                twin = copy.deepcopy(n)
+                twin.set_cap(m)
+                shadows[name].append(twin)
         chunk = _fisher_chunk(snn, x, k, probes)
         for xc in bar(list(x.split(chunk)), -(-x.shape[0] // chunk), "burst sensitivity (Fisher)", progress):
             grads, acts = _output_gradients(snn, xc, metric, probes, gen)
-            shadows = {}
-            for name, n in neurons.items():
-                shadows[name] = []
-                for m in caps:
-                    twin = copy.deepcopy(n)
+            for twins in shadows.values():
+                for twin in twins:
                     twin.reset()
-                    twin.set_cap(m)
-                    shadows[name].append(twin)
             dots = {name: torch.zeros(k, probes, xc.shape[0], dtype=torch.float64, device=x.device) for name in names}
 
             def feed(g: Tensor | None, twins: list, acc: Tensor, row: list[float]):
@@ -280,22 +287,14 @@ def fisher_sensitivity_table(
                     continue
                 at_ann = torch.einsum("pcn,cn->pc", grads[name].flatten(2), acts[name].flatten(1)).double()
                 sums[i] += (dots[name] / timesteps - at_ann).pow(2).mean(1).sum(1).cpu()
-            del grads, acts, shadows, dots
+            del grads, acts, dots
     finally:
         for name, n in neurons.items():
             n.set_cap(saved[name])
-    L = len(names)
-    totals = D.sum_floats([*sums.flatten().tolist(), *(c for row in counts for c in row),
-                           *(base[n] for n in names), *(caused[n] for n in names), *(window[n] for n in names),
-                           x.shape[0]])
-    n_samples = totals[-1]
-    sens = [[v / max(n_samples, 1.0) for v in totals[i * k:(i + 1) * k]] for i in range(L)]
-    off = L * k
-    spikes = [totals[off + i * k:off + (i + 1) * k] for i in range(L)]
-    off += L * k
-    base_layers, caused_layers, window_layers = (totals[off + j * L:off + (j + 1) * L] for j in range(3))
-    return SensitivityTable(names, list(caps), sens, spikes, target_cap, initial_cap, sum(base_layers), metric,
-                            timesteps, int(n_samples), base_layers, prices(caused_layers, window_layers))
+    # S_l(m): the mean over all ranks' samples of the per-sample sums
+    divs = reduce_means(sums.flatten().tolist(), [float(x.shape[0])] * sums.numel())
+    return _reduced_table(names, caps, divs, [c for row in counts for c in row], base, caused, window, x.shape[0],
+                          target_cap, initial_cap, metric, timesteps)
 
 
 def _fisher_chunk(snn: SpikingModel, x: Tensor, caps: int, probes: int) -> int:
